@@ -1,0 +1,240 @@
+"""The publishing side: a thread-safe ZeroMQ publisher that loses nothing at start-up.
+
+A plain PUB socket has two well-known ways to lose messages: it sends into the void until the first
+subscriber has connected and subscribed (the "slow joiner"), and it drops silently once a
+subscriber's queue is full. :class:`Publisher` uses an XPUB socket instead, which sees the
+subscriptions arrive, so it can wait until somebody wants a topic before sending it; and it sets
+``XPUB_NODROP`` so a full queue blocks the sender (backpressure) instead of dropping.
+
+Every message carries a metadata frame (:func:`zmqws.envelope.encode_meta`) with its source and a
+per-source sequence number, so consumers can count what was lost on the way.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from types import TracebackType
+
+import zmq
+
+from .envelope import encode_meta
+from .exceptions import ZmqwsError
+from .zmq_io import attach, check_endpoint
+
+__all__ = ["Publisher", "NoSubscriberError"]
+
+# ZeroMQ's own default send high-water mark (1,000) is kept per subscriber; 10,000 small messages
+# smooth over a gateway's pauses without letting a stalled one hold much memory here.
+DEFAULT_SNDHWM = 10_000
+# How long close() waits for queued messages to reach the network (libzmq's LINGER).
+DEFAULT_LINGER = 30.0
+_POLL_SLICE_MS = 100
+
+
+class NoSubscriberError(ZmqwsError, TimeoutError):
+    """No subscriber wanted the topic within the publisher's ``subscriber_timeout``."""
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+class Publisher:
+    """Publishes messages on a ZeroMQ XPUB socket; safe to share between threads.
+
+    ZeroMQ sockets must not be used from two threads at once; every call here holds one lock, so
+    any number of threads may call :meth:`send` on one Publisher.
+
+    Args:
+        endpoint: one endpoint or several, e.g. ``"tcp://127.0.0.1:5555"``.
+        bind: bind to the endpoints (producers meet here) instead of connecting to them.
+        source: the name stamped on every message (default ``HOST:PID``).
+        subscriber_timeout: seconds :meth:`send` waits for a subscriber that wants the topic
+            (``None``: for ever). Past it, :class:`NoSubscriberError` is raised.
+        lossless: wait for a subscriber before *every* send whose topic nobody wants right now,
+            not only until the first one came (what ``zmqws tail`` does: a log line is held, never
+            sent into the void).
+        sndhwm: messages queued per subscriber before :meth:`send` blocks.
+        linger: seconds :meth:`close` waits for queued messages to be handed to the network.
+
+    Raises:
+        ConfigError: a malformed endpoint.
+        StartupError: the endpoint cannot be bound (address in use, ...).
+    """
+
+    def __init__(
+        self,
+        endpoint: str | Iterable[str],
+        bind: bool = False,
+        *,
+        source: str | None = None,
+        subscriber_timeout: float | None = 10.0,
+        lossless: bool = False,
+        sndhwm: int = DEFAULT_SNDHWM,
+        linger: float = DEFAULT_LINGER,
+    ) -> None:
+        endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
+        for ep in endpoints:
+            check_endpoint(ep)
+        self.source = source or f"{socket.gethostname()}:{os.getpid()}"
+        self.subscriber_timeout = subscriber_timeout
+        self.lossless = lossless
+        self._linger_ms = max(0, int(linger * 1000))
+        self._lock = threading.RLock()
+        self._seqs: dict[str, int] = {}
+        self._subscriptions: set[bytes] = set()
+        self._seen_subscriber = False
+        self._closed = False
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.XPUB)
+        self._sock.setsockopt(zmq.SNDHWM, sndhwm)
+        self._sock.setsockopt(zmq.XPUB_NODROP, 1)
+        self._sock.setsockopt(zmq.LINGER, self._linger_ms)
+        try:
+            attach(self._sock, endpoints, bind=bind)
+        except BaseException:
+            self._sock.close(linger=0)
+            self._ctx.term()
+            raise
+        self.endpoints = tuple(endpoints)
+        self.sent = 0
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    def _read_subscriptions(self, timeout_ms: int) -> None:
+        """Apply the subscription messages XPUB has queued, waiting up to ``timeout_ms`` for one."""
+        sock = self._sock
+        if timeout_ms and not sock.poll(timeout_ms, zmq.POLLIN):
+            return
+        while True:
+            try:
+                msg = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not msg:
+                continue
+            prefix = msg[1:]
+            if msg[0] == 1:
+                # XPUB passes on the first subscription to a prefix and the last unsubscription.
+                self._subscriptions.add(prefix)
+                self._seen_subscriber = True
+            elif msg[0] == 0:
+                self._subscriptions.discard(prefix)
+
+    def _wanted(self, topic: bytes) -> bool:
+        return any(topic.startswith(p) for p in self._subscriptions)
+
+    def wait_for_subscriber(self, topic: str | bytes = b"", timeout: float | None = None) -> bool:
+        """Wait until some subscriber wants ``topic``; True if one does, False on timeout."""
+        t = _as_bytes(topic)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._read_subscriptions(0)
+            while not self._wanted(t):
+                if deadline is None:
+                    wait = _POLL_SLICE_MS
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    wait = max(1, min(_POLL_SLICE_MS, int(left * 1000)))
+                self._read_subscriptions(wait)
+            return True
+
+    def subscriptions(self) -> set[bytes]:
+        """The prefixes some subscriber currently wants (as last seen)."""
+        with self._lock:
+            self._read_subscriptions(0)
+            return set(self._subscriptions)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send(
+        self,
+        topic: str | bytes,
+        data: str | bytes,
+        *,
+        source: str | None = None,
+        seq: int | None = None,
+    ) -> int:
+        """Publish one message and return its sequence number for its source.
+
+        Blocks while no subscriber wants the topic (until the first one came, or always when
+        ``lossless``) and while a subscriber's queue is full (backpressure, never a silent drop).
+
+        Args:
+            topic: the topic frame.
+            data: the payload; ``str`` is sent as UTF-8.
+            source: the source to stamp (default: this publisher's ``source``).
+            seq: the sequence number to stamp (default: the source's next one); a producer that
+                resumes after a restart passes the number it had reached.
+
+        Raises:
+            NoSubscriberError: no subscriber wanted the topic within ``subscriber_timeout``.
+            RuntimeError: the publisher is closed.
+        """
+        t = _as_bytes(topic)
+        d = _as_bytes(data)
+        src = source or self.source
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("Publisher is closed")
+            self._read_subscriptions(0)
+            if (self.lossless or not self._seen_subscriber) and not self._wanted(t):
+                if not self.wait_for_subscriber(t, self.subscriber_timeout):
+                    raise NoSubscriberError(
+                        f"no subscriber wanted topic {t!r} within {self.subscriber_timeout} s"
+                    )
+            n = self._seqs.get(src, 0) + 1 if seq is None else seq
+            frames = [t, d, encode_meta(src, n, time.time())]
+            self._send_blocking(frames)
+            self._seqs[src] = n
+            self.sent += 1
+            return n
+
+    publish = send
+
+    def _send_blocking(self, frames: list[bytes]) -> None:
+        sock = self._sock
+        while True:
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                # XPUB_NODROP: a subscriber's queue is full. Wait for room, reading subscriptions
+                # meanwhile (a subscriber that leaves frees the send).
+                poll = sock.poll(_POLL_SLICE_MS, zmq.POLLOUT | zmq.POLLIN)
+                if poll & zmq.POLLIN:
+                    self._read_subscriptions(0)
+
+    def next_seq(self, source: str | None = None) -> int:
+        """The sequence number the next message of ``source`` will get."""
+        with self._lock:
+            return self._seqs.get(source or self.source, 0) + 1
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self, linger: float | None = None) -> None:
+        """Close the socket, waiting up to ``linger`` seconds for queued messages to go out."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            ms = self._linger_ms if linger is None else max(0, int(linger * 1000))
+            self._sock.close(linger=ms)
+            self._ctx.term()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

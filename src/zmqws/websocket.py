@@ -1,0 +1,423 @@
+"""One client connection: HTTP request, WebSocket handshake, commands, limits, keepalive, close.
+
+An ``asyncio.Protocol`` around the ``websockets`` library's sans-I/O ``ServerProtocol``
+(DESIGN.md principle 5): the library parses the request and frames, checks masking and sizes,
+answers pings and runs the closing handshake; this module feeds it bytes, handles the events it
+yields, and writes what it has to send in one ``flush()``. Broadcast data does not go through the
+library: the hub hands pre-framed bytes to this connection's :class:`~zmqws.hub.Outbox`, which
+writes them to the transport directly. That is valid because the library and the hub write to the
+same transport in order, and no extension changes the framing.
+
+No per-connection task: keepalive runs from one gateway-wide timer (:func:`keepalive_tick`), and
+the only per-connection timers are the handshake and close deadlines, which exist only while the
+connection is in those states. An idle open connection is this object, the library's protocol
+object, an Outbox and the transport.
+
+Lifecycle (STYLE rule 6)::
+
+    HTTP ──101──▶ OPEN ──close sent / received──▶ CLOSING ──TCP closed──▶ CLOSED
+      └────── plain response / refused / timeout ─────────────────────────▲
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import enum
+import json
+import logging
+from collections.abc import Iterable
+from typing import Protocol as TypingProtocol
+from urllib.parse import parse_qsl
+
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from .commands import Limits, Ping, Publish, Subscribe, Unsubscribe, parse_command
+from .config import GatewaySettings
+from .exceptions import ClientError, CommandError
+from .http import StaticFiles, respond, text_response
+from .hub import FORMATS, Hub, Outbox
+
+__all__ = [
+    "Connection",
+    "ConnectionHost",
+    "ConnState",
+    "keepalive_tick",
+    "shutdown_close",
+    "parse_ws_query",
+]
+
+log = logging.getLogger("zmqws.websocket")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_DATA = 1007
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class ConnState(enum.Enum):
+    HTTP = "http"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_TRANSITIONS: dict[ConnState, frozenset[ConnState]] = {
+    ConnState.HTTP: frozenset({ConnState.OPEN, ConnState.CLOSING, ConnState.CLOSED}),
+    ConnState.OPEN: frozenset({ConnState.CLOSING, ConnState.CLOSED}),
+    ConnState.CLOSING: frozenset({ConnState.CLOSED}),
+    ConnState.CLOSED: frozenset(),
+}
+
+
+class ConnectionHost(TypingProtocol):
+    """What a connection needs from the gateway that owns it."""
+
+    settings: GatewaySettings
+    hub: Hub
+    static: StaticFiles
+    connections: set[Connection]
+    limits: Limits
+
+    def health(self) -> object: ...
+
+    def publish(self, topic: bytes, data: bytes) -> None: ...
+
+    def next_id(self) -> int: ...
+
+    def forget(self, conn: Connection) -> None: ...
+
+
+def parse_ws_query(query: str, limits: Limits, max_subscriptions: int) -> tuple[str, frozenset[bytes]]:
+    """``topic=...&format=...`` → ``(format, prefixes)``; no topic means everything (``{b""}``).
+
+    Raises:
+        ClientError: an unknown format, too many or too long topics (answered with 400).
+    """
+    fmt = "json"
+    topics: list[bytes] = []
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "topic":
+            raw = value.encode("utf-8", "surrogateescape")
+            if len(raw) > limits.max_topic:
+                raise ClientError(f"topic is {len(raw)} bytes long, the limit is {limits.max_topic}")
+            topics.append(raw)
+        elif key == "format":
+            if value not in FORMATS:
+                raise ClientError(f"unknown format {value!r}; use {' or '.join(FORMATS)}")
+            fmt = value
+    prefixes = frozenset(topics) if topics else frozenset((b"",))
+    if len(prefixes) > max_subscriptions:
+        raise ClientError(f"{len(prefixes)} topics, the limit is {max_subscriptions}")
+    return fmt, prefixes
+
+
+def _topic_list(prefixes: Iterable[bytes]) -> list[str]:
+    return sorted(p.decode("utf-8", "replace") for p in prefixes)
+
+
+class Connection(asyncio.Protocol):
+    """One TCP connection to the gateway's port: a page request or a WebSocket client."""
+
+    def __init__(self, host: ConnectionHost) -> None:
+        self.host = host
+        self.id = host.next_id()
+        self.state = ConnState.HTTP
+        s = host.settings
+        self.proto = ServerProtocol(max_size=s.max_message)
+        self.transport: asyncio.Transport | None = None
+        self.outbox: Outbox | None = None
+        self.prefixes: frozenset[bytes] = frozenset()
+        self.peer = "?"
+        self.refused = False
+        self.opened = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.ping_sent = 0.0  # when the unanswered ping went out (0: none outstanding)
+        self.last_ping = 0.0
+        self.fragments: list[bytes] | None = None
+        self.utf8: codecs.IncrementalDecoder | None = None
+        self.debug = log.isEnabledFor(logging.DEBUG)
+
+    def _to(self, new: ConnState) -> None:
+        if new not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"connection {self.id}: cannot go from {self.state.value} to {new.value}")
+        self.state = new
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        host = self.host
+        self.refused = len(host.connections) >= host.settings.max_connections
+        host.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(host.settings.handshake_timeout, self._handshake_expired)
+
+    def data_received(self, data: bytes) -> None:
+        proto = self.proto
+        proto.receive_data(data)
+        try:
+            for event in proto.events_received():
+                if isinstance(event, Frame):
+                    self._on_frame(event)
+                else:
+                    self._on_request(event)
+        except Exception:
+            # Our bug, not the client's: log it, close with 1011, tell the client nothing more.
+            log.exception("connection %d: internal error", self.id)
+            if proto.state is State.OPEN:
+                proto.fail(CLOSE_INTERNAL_ERROR)
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        self.proto.receive_eof()
+        self.flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is not ConnState.CLOSED:
+            self._to(ConnState.CLOSED)
+            if self.opened:
+                code = self.proto.close_code
+                log.info("connection %d: closed (%s)", self.id, code if code is not None else "no close frame")
+        self._cancel_timer()
+        self._leave()
+        self.host.forget(self)
+
+    def pause_writing(self) -> None:
+        # The client does not read fast enough: queue in the bounded outbox, and stop reading its
+        # commands so that their replies cannot pile up either.
+        if self.outbox is not None:
+            self.outbox.pause()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+        if self.outbox is not None and self.state is ConnState.OPEN:
+            self.outbox.resume()
+
+    # -- output -------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write everything the protocol has to send, in one write; close TCP at its EOF."""
+        transport = self.transport
+        if transport is None:
+            return
+        chunks = self.proto.data_to_send()
+        if not chunks:
+            return
+        eof = chunks[-1] == b""
+        data = b"".join(chunks)
+        if data and not transport.is_closing():
+            transport.write(data)
+        if eof:
+            # RFC 6455 §7.1.1: the server closes the TCP connection first.
+            self._leave()
+            if self.state is not ConnState.CLOSED and self.state is not ConnState.CLOSING:
+                self._to(ConnState.CLOSING)
+            transport.close()
+        elif self.proto.close_expected() and self.state is ConnState.OPEN:
+            self._closing()
+
+    def _send_json(self, obj: dict[str, object]) -> None:
+        if self.proto.state is State.OPEN:
+            self.proto.send_text(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode())
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake; the connection is aborted if it does not finish in time."""
+        if self.proto.state is State.OPEN:
+            self.proto.send_close(code, reason)
+            self.flush()
+
+    def _closing(self) -> None:
+        self._to(ConnState.CLOSING)
+        self._leave()
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.host.settings.close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        self.timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _leave(self) -> None:
+        if self.outbox is not None:
+            self.host.hub.leave(self)
+            self.outbox.discard()
+            self.outbox = None
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _handshake_expired(self) -> None:
+        self.timer = None
+        if self.state is ConnState.HTTP and self.transport is not None:
+            log.info("connection %d: no complete request within the handshake timeout", self.id)
+            self.transport.abort()
+
+    def _on_request(self, request: Request) -> None:
+        self._cancel_timer()
+        proto = self.proto
+        path, _, query = request.path.partition("?")
+        if self.refused:
+            proto.send_response(text_response(
+                503, "Service Unavailable",
+                f"too many connections (the limit is {self.host.settings.max_connections})\n",
+                {"Retry-After": "5"},
+            ))
+            return
+        if path != "/ws":
+            proto.send_response(respond(path, self.host.static, self.host.health))
+            return
+        response = proto.accept(request)
+        if response.status_code == 101:
+            try:
+                fmt, prefixes = parse_ws_query(
+                    query, self.host.limits, self.host.settings.max_subscriptions
+                )
+            except ClientError as exc:
+                response = proto.reject(400, f"{exc}\n")
+        proto.send_response(response)
+        if response.status_code == 101:
+            self._open(fmt, prefixes)
+
+    def _open(self, fmt: str, prefixes: frozenset[bytes]) -> None:
+        self._to(ConnState.OPEN)
+        self.opened = True
+        assert self.transport is not None
+        s = self.host.settings
+        # Half the client buffer in the transport, half queued in the outbox while paused.
+        self.transport.set_write_buffer_limits(high=s.client_buffer // 2, low=s.client_buffer // 8)
+        self.outbox = Outbox(self.transport.write, self.close, s.client_buffer // 2,
+                             s.slow_client, self.host.hub.stats)
+        self.prefixes = prefixes
+        self.host.hub.join(self, self.outbox, fmt, prefixes)
+        log.info("connection %d: open from %s, format %s, topics %s",
+                 self.id, self.peer, fmt, _topic_list(prefixes))
+
+    # -- WebSocket frames ---------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        op = frame.opcode
+        if op is Opcode.TEXT or op is Opcode.BINARY:
+            if frame.fin:
+                self._on_message(op is Opcode.TEXT, frame.data)
+            else:
+                self.fragments = [frame.data]
+                self.utf8 = codecs.getincrementaldecoder("utf-8")() if op is Opcode.TEXT else None
+                self._check_utf8(frame.data, False)
+        elif op is Opcode.CONT:
+            if self.fragments is None:
+                return  # the library has already failed the connection (1002)
+            self.fragments.append(frame.data)
+            if not self._check_utf8(frame.data, frame.fin):
+                return
+            if frame.fin:
+                data, self.fragments = b"".join(self.fragments), None
+                is_text, self.utf8 = self.utf8 is not None, None
+                self._on_message(is_text, data)
+        elif op is Opcode.PONG:
+            self.ping_sent = 0.0
+        elif op is Opcode.CLOSE:
+            self._leave()
+
+    def _check_utf8(self, data: bytes, final: bool) -> bool:
+        """Fail fast on invalid UTF-8 in a fragmented text message (RFC 6455 §8.1: 1007)."""
+        if self.utf8 is None:
+            return True
+        try:
+            self.utf8.decode(data, final)
+        except UnicodeDecodeError:
+            self.fragments = self.utf8 = None
+            self.proto.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
+            return False
+        return True
+
+    def _on_message(self, is_text: bool, data: bytes) -> None:
+        if not is_text:
+            self._send_json(_error(CommandError("commands are JSON text messages, not binary")))
+            return
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self.proto.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
+            return
+        try:
+            reply = self._execute(text)
+        except CommandError as exc:
+            reply = _error(exc)
+        self._send_json(reply)
+
+    def _execute(self, text: str) -> dict[str, object]:
+        cmd = parse_command(text, self.host.limits)
+        if isinstance(cmd, Ping):
+            return cmd.reply()
+        if isinstance(cmd, Publish):
+            self.host.publish(cmd.topic, cmd.data)
+            return {"op": "published", "topic": cmd.topic.decode("utf-8")}
+        if self.state is not ConnState.OPEN:
+            raise CommandError("the connection is closing")
+        if isinstance(cmd, Subscribe):
+            new = self.prefixes.union(cmd.topics)
+            limit = self.host.settings.max_subscriptions
+            if len(new) > limit:
+                raise CommandError(f"{len(new)} subscriptions, the limit is {limit}",
+                                   code="too_many_subscriptions")
+            op = "subscribed"
+        else:
+            assert isinstance(cmd, Unsubscribe)
+            new = self.prefixes.difference(cmd.topics)
+            op = "unsubscribed"
+        if new != self.prefixes:
+            self.prefixes = new
+            self.host.hub.resubscribe(self, new)
+        return {"op": op, "topics": _topic_list(new)}
+
+    # -- keepalive ----------------------------------------------------------------------------
+
+    def keepalive(self, now: float, interval: float, timeout: float) -> None:
+        """Ping every ``interval``; fail the connection when a ping goes unanswered ``timeout``."""
+        if self.proto.state is not State.OPEN:
+            return
+        if self.ping_sent:
+            if now - self.ping_sent >= timeout:
+                log.info("connection %d: no pong within %.0f s, closing", self.id, timeout)
+                self.proto.fail(CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+                self.flush()
+            return
+        if now - self.last_ping >= interval:
+            self.ping_sent = self.last_ping = now
+            self.proto.send_ping(b"")
+            self.flush()
+
+
+def _error(exc: CommandError) -> dict[str, object]:
+    return {"op": "error", "code": exc.code, "message": str(exc)}
+
+
+def keepalive_tick(connections: Iterable[Connection], now: float, interval: float,
+                   timeout: float) -> None:
+    """One turn of the gateway-wide keepalive timer over every connection."""
+    for conn in tuple(connections):
+        conn.keepalive(now, interval, timeout)
+
+
+def shutdown_close(connections: Iterable[Connection], code: int = CLOSE_GOING_AWAY,
+                   reason: str = "gateway shutting down") -> None:
+    """Start closing every connection: open ones with ``code``, the others at once."""
+    for conn in tuple(connections):
+        if conn.state is ConnState.OPEN:
+            conn.close(code, reason)
+        elif conn.state is ConnState.HTTP and conn.transport is not None:
+            conn.transport.close()

@@ -1,0 +1,190 @@
+"""ZeroMQ sockets: endpoint checks, bind/connect with clear errors, and the gateway's input.
+
+The gateway's SUB socket is served by the event loop through its file descriptor (STYLE rule 3):
+ZeroMQ's FD is edge-triggered, it fires again only after everything pending was read. So every
+wake-up drains the socket with non-blocking receives until ``zmq.Again`` or a batch cap and hands
+the whole batch on; when the cap stops it, it schedules itself again instead of sleeping. One
+awaited future per message costs dozens of times more than this drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Iterable
+
+import zmq
+
+from .exceptions import ConfigError, StartupError
+
+__all__ = [
+    "check_endpoint",
+    "attach",
+    "SubscriberInput",
+    "PGM_HELP",
+    "DEFAULT_BATCH",
+    "DEFAULT_BATCH_BYTES",
+]
+
+PGM_HELP = (
+    "this pyzmq's libzmq was built without PGM (multicast) support; install pyzmq built against the "
+    "system libzmq: apt-get install libzmq3-dev libpgm-dev && "
+    "PYZMQ_NO_BUNDLE=1 pip install --no-binary pyzmq pyzmq"
+)
+
+_TCP = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.%\w]+\]|[\w.\-;%:]+?):(\*|\d{1,5})$")
+
+# DESIGN.md principle 2: drain what is ready, but give the loop back at least every 1,000
+# messages or 4 MiB so WebSocket reads, pings and new connections are never starved.
+DEFAULT_BATCH = 1000
+DEFAULT_BATCH_BYTES = 4 << 20
+
+
+def check_endpoint(endpoint: str) -> str:
+    """Validate a ZeroMQ endpoint's syntax; return it unchanged.
+
+    Raises:
+        ConfigError: the endpoint is malformed, or names a transport this libzmq lacks.
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or not rest:
+        raise ConfigError(
+            f"malformed endpoint {endpoint!r}: expected TRANSPORT://ADDRESS, "
+            "e.g. tcp://127.0.0.1:5555 or ipc:///tmp/zmqws.sock"
+        )
+    if scheme == "tcp":
+        m = _TCP.match(endpoint)
+        if not m or (m.group(2) != "*" and not 0 < int(m.group(2)) < 65536):
+            raise ConfigError(
+                f"malformed endpoint {endpoint!r}: tcp endpoints are tcp://HOST:PORT with a port "
+                "from 1 to 65535 (or * when binding)"
+            )
+    elif scheme in ("pgm", "epgm"):
+        if ";" not in rest or ":" not in rest.rpartition(";")[2]:
+            raise ConfigError(
+                f"malformed endpoint {endpoint!r}: multicast endpoints are "
+                f"{scheme}://INTERFACE;GROUP:PORT, e.g. {scheme}://eth0;239.192.1.1:5555"
+            )
+        if not zmq.has("pgm"):
+            raise ConfigError(f"cannot use {endpoint!r}: {PGM_HELP}")
+    elif scheme not in ("ipc", "inproc"):
+        raise ConfigError(
+            f"malformed endpoint {endpoint!r}: unknown transport {scheme!r} "
+            "(use tcp, ipc, inproc, pgm or epgm)"
+        )
+    return endpoint
+
+
+def attach(sock: zmq.Socket, endpoints: Iterable[str], *, bind: bool) -> None:  # type: ignore[type-arg]
+    """Bind or connect ``sock`` to every endpoint, turning libzmq errors into one clear line.
+
+    Raises:
+        ConfigError: an endpoint is malformed.
+        StartupError: libzmq refused it (address in use, no such interface, ...).
+    """
+    for ep in endpoints:
+        check_endpoint(ep)
+        try:
+            sock.bind(ep) if bind else sock.connect(ep)
+        except zmq.ZMQError as exc:
+            verb = "bind" if bind else "connect"
+            reason = zmq.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(f"cannot {verb} {ep}: {reason}") from None
+
+
+class SubscriberInput:
+    """The gateway's SUB socket, drained in batches from the event loop.
+
+    Args:
+        ctx: the ZeroMQ context.
+        bind: endpoints to bind (producers connect here).
+        connect: endpoints to connect to (publishers or a proxy).
+        on_batch: called with each non-empty list of messages (each a list of frames).
+        rcvhwm: messages ZeroMQ may queue before the publisher side feels backpressure.
+        batch: at most this many messages per hand-over.
+        batch_bytes: at most about this many bytes per hand-over.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context,  # type: ignore[type-arg]
+        *,
+        bind: Iterable[str] = (),
+        connect: Iterable[str] = (),
+        on_batch: Callable[[list[list[bytes]]], None],
+        rcvhwm: int = 100_000,
+        batch: int = DEFAULT_BATCH,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+    ) -> None:
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.bind = tuple(bind)
+        self.connect = tuple(connect)
+        try:
+            attach(self.sock, self.bind, bind=True)
+            attach(self.sock, self.connect, bind=False)
+        except BaseException:
+            self.sock.close(linger=0)
+            raise
+        self.on_batch = on_batch
+        self.batch = batch
+        self.batch_bytes = batch_bytes
+        self.received = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+        self._closed = False
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start serving the socket from ``loop``."""
+        self._loop = loop
+        loop.add_reader(self.sock.getsockopt(zmq.FD), self._wake)
+        self._wake()
+
+    def subscribe(self, prefix: bytes) -> None:
+        self.sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        self._kick()
+
+    def unsubscribe(self, prefix: bytes) -> None:
+        self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
+        self._kick()
+
+    def _kick(self) -> None:
+        # Any call on a ZeroMQ socket may consume the FD's edge: look again on the next turn.
+        if self._loop is not None and not self._scheduled and not self._closed:
+            self._scheduled = True
+            self._loop.call_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._scheduled = False
+        if self._closed:
+            return
+        recv = self.sock.recv_multipart
+        noblock = zmq.NOBLOCK
+        cap, cap_bytes = self.batch, self.batch_bytes
+        batch: list[list[bytes]] = []
+        size = 0
+        try:
+            while len(batch) < cap and size < cap_bytes:
+                frames = recv(noblock)
+                batch.append(frames)
+                size += len(frames[-1])
+        except zmq.Again:
+            pass
+        if batch:
+            self.received += len(batch)
+            self.on_batch(batch)
+            # More may be ready: let the loop serve other sockets, then come back. Drained:
+            # the edge-triggered FD will fire for what comes next.
+            self._kick()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is not None:
+            try:
+                self._loop.remove_reader(self.sock.getsockopt(zmq.FD))
+            except (zmq.ZMQError, ValueError, OSError):
+                pass
+        self.sock.close(linger=0)

@@ -12,20 +12,23 @@ per-source sequence number, so consumers can count what was lost on the way.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 
 import zmq
 
+from .config import PublishSettings
 from .envelope import encode_meta
 from .exceptions import ZmqwsError
 from .zmq_io import attach, check_endpoint
 
-__all__ = ["Publisher", "NoSubscriberError"]
+__all__ = ["Publisher", "NoSubscriberError", "run_publish"]
 
 # ZeroMQ's own default send high-water mark (1,000) is kept per subscriber; 10,000 small messages
 # smooth over a gateway's pauses without letting a stalled one hold much memory here.
@@ -33,6 +36,9 @@ DEFAULT_SNDHWM = 10_000
 # How long close() waits for queued messages to reach the network (libzmq's LINGER).
 DEFAULT_LINGER = 30.0
 _POLL_SLICE_MS = 100
+# Longest pause between two tries while a subscriber's queue is full: short enough that a reader
+# who catches up waits at most this long for more, long enough to cost no measurable CPU.
+_FULL_PAUSE_MAX_MS = 20
 
 
 class NoSubscriberError(ZmqwsError, TimeoutError):
@@ -200,16 +206,19 @@ class Publisher:
 
     def _send_blocking(self, frames: list[bytes]) -> None:
         sock = self._sock
+        pause_ms = 1
         while True:
             try:
                 sock.send_multipart(frames, zmq.NOBLOCK)
                 return
             except zmq.Again:
-                # XPUB_NODROP: a subscriber's queue is full. Wait for room, reading subscriptions
-                # meanwhile (a subscriber that leaves frees the send).
-                poll = sock.poll(_POLL_SLICE_MS, zmq.POLLOUT | zmq.POLLIN)
-                if poll & zmq.POLLIN:
+                # XPUB_NODROP: a subscriber's queue is full. libzmq has no event for "room again"
+                # on XPUB (its POLLOUT is always set, so polling for it spins a core at 100%).
+                # Wait instead for subscription traffic (a subscriber that leaves frees the send),
+                # for a pause that doubles up to _FULL_PAUSE_MAX_MS, then try again.
+                if sock.poll(pause_ms, zmq.POLLIN):
                     self._read_subscriptions(0)
+                pause_ms = min(2 * pause_ms, _FULL_PAUSE_MAX_MS)
 
     def next_seq(self, source: str | None = None) -> int:
         """The sequence number the next message of ``source`` will get."""
@@ -238,3 +247,81 @@ class Publisher:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# -- zmqws publish ---------------------------------------------------------------------------------
+
+
+def _stdin_lines() -> Iterator[bytes]:
+    """Each line of standard input as bytes, without its ``\\n`` or ``\\r\\n``.
+
+    Bytes, not text: a line that is not UTF-8 is published as it is, never replaced. A last line
+    without a line terminator is a line too.
+    """
+    for line in sys.stdin.buffer:
+        if line.endswith(b"\r\n"):
+            yield line[:-2]
+        elif line.endswith(b"\n"):
+            yield line[:-1]
+        else:
+            yield line
+
+
+def run_publish(settings: PublishSettings) -> int:
+    """Run ``zmqws publish``: ``settings.data`` once, or else each line of stdin, on one topic.
+
+    With ``--wait N`` (N > 0) it first waits up to N seconds for a subscriber that wants the topic
+    (before reading stdin). Then each message goes out if some subscriber wants its topic at that
+    moment; one that nobody wants (``--wait 0`` before anyone came, or after the last subscriber
+    left) is dropped, as a PUB socket would, but not silently (DESIGN.md principle 4): the number
+    dropped is logged at WARNING.
+
+    Why the check per message here rather than :class:`Publisher`'s own wait: the Publisher stops
+    waiting once it has seen a subscriber to *any* topic, so a message on a topic nobody wants
+    would vanish without a word, or not, depending on which subscription arrived first.
+
+    Args:
+        settings: the validated settings.
+
+    Returns:
+        0 when every message was handed on (or dropped, and counted, because nobody wanted it);
+        1 when no subscriber wanted the topic within ``--wait`` seconds (one line on stderr).
+
+    Raises:
+        ConfigError: a malformed endpoint.
+        StartupError: an endpoint cannot be bound or connected.
+    """
+    log = logging.getLogger("zmqws.publish")
+    # os.fsencode: command-line arguments that were not valid UTF-8 come back as the same bytes.
+    topic = os.fsencode(settings.topic)
+    sent = dropped = 0
+    with Publisher(
+        settings.bind or settings.connect,
+        bind=bool(settings.bind),
+        subscriber_timeout=settings.wait,
+        linger=settings.linger,
+    ) as pub:
+        if settings.wait > 0 and not pub.wait_for_subscriber(topic, settings.wait):
+            print(
+                f"zmqws publish: error: no subscriber wanted {settings.topic} "
+                f"within {settings.wait:g} s",
+                file=sys.stderr,
+            )
+            return 1
+        messages = [os.fsencode(settings.data)] if settings.data is not None else _stdin_lines()
+        for data in messages:
+            if not pub.wait_for_subscriber(topic, 0):
+                dropped += 1
+                continue
+            try:
+                pub.send(topic, data)
+                sent += 1
+            except NoSubscriberError:  # the last subscriber left between the check and the send
+                dropped += 1
+    if dropped:
+        log.warning(
+            "%d of %d messages dropped: no subscriber wanted %s%s",
+            dropped, sent + dropped, settings.topic, " (--wait 0)" if settings.wait == 0 else "",
+        )
+    log.info("published %d messages on %s", sent, settings.topic)
+    return 0

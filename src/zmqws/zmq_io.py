@@ -142,12 +142,14 @@ class SubscriberInput:
         self._wake()
 
     def subscribe(self, prefix: bytes) -> None:
-        self.sock.setsockopt(zmq.SUBSCRIBE, prefix)
-        self._kick()
+        if not self._closed:
+            self.sock.setsockopt(zmq.SUBSCRIBE, prefix)
+            self._kick()
 
     def unsubscribe(self, prefix: bytes) -> None:
-        self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
-        self._kick()
+        if not self._closed:  # clients leaving during shutdown, after the socket closed
+            self.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
+            self._kick()
 
     def _kick(self) -> None:
         # Any call on a ZeroMQ socket may consume the FD's edge: look again on the next turn.

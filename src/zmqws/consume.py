@@ -1,0 +1,499 @@
+"""``zmqws consume``: the aggregator. Subscribe, write one JSON line per message, count the gaps.
+
+Two parts, kept apart (STYLE rule 1):
+
+* :class:`GapCounter` is pure: given each message's ``(source, seq)`` it keeps the last sequence
+  number of every source and says what the new one means (in order, a gap, a duplicate, a restart).
+  It never logs and never raises, so it is tested without sockets.
+* :func:`run` is the I/O shell: one SUB socket and one wake-up socket for signals, served by one
+  ``zmq.Poller`` (STYLE rule 13: the loop waits on events, it never sleeps and looks again).
+
+Each message becomes one line of JSON::
+
+    {"topic": "web01.access.log", "data": "GET / 200", "source": "web01:/var/log/x.log", "seq": 42}
+
+``data`` that is not valid UTF-8 is written base64 encoded, with ``"encoding": "base64"``, as the
+gateway does (docs/protocol.md); the topic is decoded with replacement characters, since a topic is
+a name for people and a lossy one is still useful. ``source`` and ``seq`` are ``null`` for foreign
+producers that send no zmqws metadata frame.
+
+Why the writes are buffered and when they are flushed: one ``write`` system call per message
+would cost more than everything else this loop does. So lines go through a buffered file, which is
+flushed each time the SUB socket has nothing more ready (a reader of the file sees every line as soon
+as the burst that carried it is over) and at exit, whatever ends the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import FrameType
+from typing import BinaryIO
+
+import zmq
+
+from .config import DEFAULT_RCVHWM, ConsumeSettings
+from .envelope import Message, decode
+from .exceptions import MalformedMessage, StartupError
+from .zmq_io import attach
+
+__all__ = [
+    "run",
+    "GapCounter",
+    "Verdict",
+    "Observation",
+    "SourceStats",
+    "to_json_line",
+]
+
+log = logging.getLogger("zmqws.consume")
+
+# DESIGN.md principle 2: drain what is ready, but look at the signal socket at least every 1,000
+# messages, so that SIGTERM is obeyed promptly even under a flood.
+_BATCH = 1000
+# 64 KiB of output between flushes at most: about 500 log lines, far fewer system calls than one
+# per line, and small enough that a burst is on disk within a few milliseconds.
+_OUTPUT_BUFFER = 1 << 16
+
+
+# -- gap counting (pure) ---------------------------------------------------------------------------
+
+
+class Verdict(enum.Enum):
+    """What a sequence number means, given the last one seen from the same source."""
+
+    FIRST = "first"
+    """The first message seen from this source: its number is the baseline, whatever it is (a
+    consumer that starts after its producers cannot know what came before)."""
+    IN_ORDER = "in order"
+    """Exactly the number after the last one."""
+    GAP = "gap"
+    """Larger than the next one expected: the numbers in between were lost on the way."""
+    DUPLICATE = "duplicate"
+    """Not larger than the last one (and not 1): a message seen before, or one that came late.
+    The last number is kept, so a stale message never makes a fake gap later."""
+    RESTART = "restart"
+    """1 again after a larger number: the producer started over (sequence numbers count each
+    source's messages from 1, docs/protocol.md). Counting continues from 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """The verdict on one ``(source, seq)`` pair.
+
+    Attributes:
+        verdict: what the number means.
+        source: the source it came from.
+        seq: the number.
+        last: the source's last number before this one (``None`` for :attr:`Verdict.FIRST`).
+    """
+
+    verdict: Verdict
+    source: str
+    seq: int
+    last: int | None = None
+
+    @property
+    def missing(self) -> int:
+        """How many numbers were skipped (non-zero only for a gap)."""
+        if self.verdict is Verdict.GAP and self.last is not None:
+            return self.seq - self.last - 1
+        return 0
+
+    @property
+    def missing_range(self) -> tuple[int, int] | None:
+        """The first and last skipped numbers of a gap, else ``None``."""
+        if self.verdict is Verdict.GAP and self.last is not None:
+            return self.last + 1, self.seq - 1
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStats:
+    """What was seen of one source, for the summary.
+
+    Attributes:
+        source: the source's name.
+        count: messages received (duplicates included).
+        first: the first number seen.
+        last: the number the source has reached (not moved back by duplicates).
+        missing: numbers skipped in gaps.
+        duplicates: messages whose number was not larger than the last one.
+        restarts: times the source started over at 1.
+    """
+
+    source: str
+    count: int
+    first: int
+    last: int
+    missing: int = 0
+    duplicates: int = 0
+    restarts: int = 0
+
+
+@dataclass(slots=True)
+class _SourceState:
+    # Mutable on purpose: updated once per message; SourceStats is the frozen view handed out.
+    count: int
+    first: int
+    last: int
+    missing: int = 0
+    duplicates: int = 0
+    restarts: int = 0
+
+
+class GapCounter:
+    """Counts lost, repeated and restarted sequence numbers, per source.
+
+    Pure and single-threaded: no I/O, no logging, no clock. :meth:`observe` returns an
+    :class:`Observation`; the caller decides what to say about it.
+
+    Memory is one small record per source, whatever the number of messages: only the last
+    number is kept, not the set of numbers seen, so a duplicate is recognised by its number being
+    too small, not by having been seen.
+    """
+
+    def __init__(self) -> None:
+        self._sources: dict[str, _SourceState] = {}
+
+    def observe(self, source: str, seq: int) -> Observation:
+        """Record one message of ``source`` numbered ``seq`` and say what it means."""
+        st = self._sources.get(source)
+        if st is None:
+            self._sources[source] = _SourceState(count=1, first=seq, last=seq)
+            return Observation(Verdict.FIRST, source, seq)
+        last = st.last
+        st.count += 1
+        if seq == last + 1:
+            st.last = seq
+            return Observation(Verdict.IN_ORDER, source, seq, last)
+        if seq > last:
+            st.missing += seq - last - 1
+            st.last = seq
+            return Observation(Verdict.GAP, source, seq, last)
+        if seq == 1:
+            st.restarts += 1
+            st.last = seq
+            return Observation(Verdict.RESTART, source, seq, last)
+        st.duplicates += 1
+        return Observation(Verdict.DUPLICATE, source, seq, last)
+
+    @property
+    def missing(self) -> int:
+        """Numbers skipped, all sources together."""
+        return sum(st.missing for st in self._sources.values())
+
+    @property
+    def duplicates(self) -> int:
+        """Duplicate or late messages, all sources together."""
+        return sum(st.duplicates for st in self._sources.values())
+
+    @property
+    def restarts(self) -> int:
+        """Restarts, all sources together."""
+        return sum(st.restarts for st in self._sources.values())
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def __iter__(self) -> Iterator[SourceStats]:
+        """Every source's statistics, sorted by source name."""
+        for name in sorted(self._sources):
+            st = self._sources[name]
+            yield SourceStats(
+                name, st.count, st.first, st.last, st.missing, st.duplicates, st.restarts
+            )
+
+    def stats(self, source: str) -> SourceStats:
+        """One source's statistics.
+
+        Raises:
+            KeyError: nothing was seen from ``source``.
+        """
+        st = self._sources[source]
+        return SourceStats(
+            source, st.count, st.first, st.last, st.missing, st.duplicates, st.restarts
+        )
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def to_json_line(msg: Message) -> bytes:
+    """One output line (with its ``\\n``) for ``msg``.
+
+    Data that is not valid UTF-8 is base64 encoded and flagged with ``"encoding": "base64"``:
+    JSON text cannot carry arbitrary bytes, and replacing them would lose data silently.
+    """
+    obj: dict[str, object] = {"topic": msg.topic.decode("utf-8", "replace")}
+    try:
+        obj["data"] = msg.data.decode("utf-8")
+    except UnicodeDecodeError:
+        obj["data"] = base64.b64encode(msg.data).decode("ascii")
+        obj["encoding"] = "base64"
+    obj["source"] = msg.source
+    obj["seq"] = msg.source_seq
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def _say(obs: Observation) -> None:
+    """Log an observation that is not business as usual (STYLE rule 14: WARNING = a gap)."""
+    v = obs.verdict
+    if v is Verdict.GAP:
+        first, last = obs.missing_range or (0, 0)
+        span = f"{first}" if first == last else f"{first}..{last}"
+        log.warning(
+            "gap from source %s: missing seq %s (%d message%s)",
+            obs.source, span, obs.missing, "" if obs.missing == 1 else "s",
+        )
+    elif v is Verdict.DUPLICATE:
+        log.warning(
+            "duplicate or late message from source %s: seq %d, already at %d",
+            obs.source, obs.seq, obs.last,
+        )
+    elif v is Verdict.RESTART:
+        log.warning("source %s restarted: seq 1 after %d", obs.source, obs.last)
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Raised inside the loop to end it; the argument says why (for the log)."""
+
+
+class _Signals:
+    """SIGINT and SIGTERM turned into a readable socket, so one poller waits on them and ZeroMQ.
+
+    ``signal.set_wakeup_fd`` makes the C-level handler write the signal number to a socket; the
+    Python handler itself only notes that a stop was asked. A second signal while the first is
+    being obeyed (output stuck on a full pipe, say) ends the process at once (STYLE rule 13).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+        self.received: list[int] = []
+        self._old_handlers: dict[int, object] = {}
+        self._old_fd: int | None = None
+        # Signal handlers can only be set from the main thread; elsewhere (run() called from a
+        # thread, in an application) the caller owns the process's signals.
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            self._old_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+            for sig in self.SIGNALS:
+                self._old_handlers[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received:
+            sys.stderr.write(f"zmqws consume: second {signal.Signals(signum).name}, exiting now\n")
+            sys.stderr.flush()
+            os._exit(1)
+        self.received.append(signum)
+
+    def name(self) -> str:
+        """The signal that asked to stop, e.g. ``"SIGTERM"``."""
+        try:
+            data = self.reader.recv(64)
+        except (BlockingIOError, InterruptedError):
+            data = b""
+        signum = self.received[0] if self.received else (data[0] if data else 0)
+        try:
+            return signal.Signals(signum).name
+        except ValueError:
+            return f"signal {signum}"
+
+    def close(self) -> None:
+        if self.active:
+            for sig, old in self._old_handlers.items():
+                signal.signal(sig, old)  # type: ignore[arg-type]
+            signal.set_wakeup_fd(self._old_fd if self._old_fd is not None else -1)
+        self.reader.close()
+        self._writer.close()
+
+
+class _Consumer:
+    """State of one ``zmqws consume`` run: counters, output and the loop that feeds them."""
+
+    def __init__(self, settings: ConsumeSettings, out: BinaryIO) -> None:
+        self.settings = settings
+        self.out = out
+        self.gaps = GapCounter()
+        self.messages = 0
+        self.malformed = 0
+        self.unstamped = 0
+
+    def handle(self, frames: list[bytes]) -> None:
+        """Decode one message, write its line and count its sequence number."""
+        try:
+            msg = decode(frames)
+        except MalformedMessage as exc:
+            self.malformed += 1
+            log.debug("malformed message skipped: %s", exc)
+            return
+        self.out.write(to_json_line(msg))
+        self.messages += 1
+        if msg.source is None or msg.source_seq is None:
+            self.unstamped += 1
+        else:
+            obs = self.gaps.observe(msg.source, msg.source_seq)
+            if obs.verdict is not Verdict.IN_ORDER and obs.verdict is not Verdict.FIRST:
+                _say(obs)
+        if self.settings.count and self.messages >= self.settings.count:
+            raise _Stop(f"{self.messages} messages received (--count)")
+
+    def loop(self, sock: zmq.Socket, signals: _Signals) -> str:  # type: ignore[type-arg]
+        """Serve the socket until a signal, ``--count`` or ``--idle-exit``; return why it ended."""
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        wake_fd = signals.reader.fileno()
+        # zmq.Poller reports plain sockets by file descriptor, so register and look up the fd.
+        poller.register(wake_fd, zmq.POLLIN)
+        idle = self.settings.idle_exit
+        last_activity = time.monotonic()
+        recv = sock.recv_multipart
+        noblock = zmq.NOBLOCK
+        while True:
+            if idle:
+                left = last_activity + idle - time.monotonic()
+                if left <= 0:
+                    return f"no message for {idle:g} s (--idle-exit)"
+                ready = dict(poller.poll(max(1, int(left * 1000))))
+            else:
+                ready = dict(poller.poll())
+            if wake_fd in ready or signals.received:
+                return f"{signals.name()} received"
+            if sock not in ready:
+                continue
+            last_activity = time.monotonic()
+            try:
+                for _ in range(_BATCH):
+                    self.handle(recv(noblock))
+            except zmq.Again:
+                # Nothing more ready: the burst is over, let readers of the output see it.
+                self.out.flush()
+            except _Stop as stop:
+                return str(stop)
+
+    def summary(self) -> list[str]:
+        """The lines printed on stderr at exit: the totals, then one line per source."""
+        g = self.gaps
+        lines = [
+            f"zmqws consume: summary: {_n(self.messages, 'message')} from {_n(len(g), 'source')}; "
+            f"{g.missing} missing, {g.duplicates} duplicate, {_n(g.restarts, 'restart')}; "
+            f"{self.malformed} malformed; {self.unstamped} without source"
+        ]
+        for st in g:
+            lines.append(
+                f"zmqws consume:   {st.source}: {_n(st.count, 'message')}, "
+                f"seq {st.first}..{st.last}, {st.missing} missing, {st.duplicates} duplicate, "
+                f"{_n(st.restarts, 'restart')}"
+            )
+        return lines
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _open_output(path: str | None) -> BinaryIO:
+    if path is None:
+        return sys.stdout.buffer
+    try:
+        return open(path, "ab", buffering=_OUTPUT_BUFFER)
+    except OSError as exc:
+        raise StartupError(f"--output: cannot open {path}: {exc.strerror}") from None
+
+
+def run(settings: ConsumeSettings) -> int:
+    """Run ``zmqws consume`` until a signal, ``--count`` or ``--idle-exit``.
+
+    Args:
+        settings: the validated settings.
+
+    Returns:
+        The exit code: 0 when it stopped as asked (SIGINT and SIGTERM included), 1 when the output
+        could not be written.
+
+    Raises:
+        StartupError: the output cannot be opened, or an endpoint cannot be bound or connected.
+        ConfigError: a malformed endpoint.
+    """
+    out = _open_output(settings.output)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    signals: _Signals | None = None
+    consumer = _Consumer(settings, out)
+    code = 0
+    try:
+        # Signals first: once the endpoints are logged as ready, SIGTERM is already handled.
+        signals = _Signals()
+        sock.setsockopt(zmq.RCVHWM, DEFAULT_RCVHWM)
+        sock.setsockopt(zmq.LINGER, 0)
+        # Subscribe before attaching, so every peer gets the subscriptions as soon as it is there.
+        for prefix in settings.topics or ("",):
+            sock.setsockopt(zmq.SUBSCRIBE, prefix.encode("utf-8"))
+        for ep in settings.bind:
+            attach(sock, [ep], bind=True)
+            log.info("bound %s", sock.getsockopt(zmq.LAST_ENDPOINT).decode())
+        for ep in settings.connect:
+            attach(sock, [ep], bind=False)
+            log.info("connecting to %s", ep)
+        log.info(
+            "consuming %s into %s",
+            ", ".join(repr(t) for t in settings.topics) if settings.topics else "every topic",
+            settings.output or "stdout",
+        )
+        try:
+            reason = consumer.loop(sock, signals)
+            log.info("stopping: %s", reason)
+        except BrokenPipeError:
+            # The reader of stdout went away (`zmqws consume | head`): nothing left to write to.
+            log.info("stopping: output closed by its reader")
+            out = _discard_stdout(out)
+        except OSError as exc:
+            log.error("cannot write %s: %s", settings.output or "stdout", exc.strerror or exc)
+            code = 1
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+        if signals is not None:
+            signals.close()
+        try:
+            out.flush()
+        except BrokenPipeError:
+            out = _discard_stdout(out)
+        except OSError as exc:
+            log.error("cannot write %s: %s", settings.output or "stdout", exc.strerror or exc)
+            code = 1
+        if out is not sys.stdout.buffer:
+            try:
+                out.close()
+            except OSError:
+                code = 1
+    for line in consumer.summary():
+        print(line, file=sys.stderr)
+    sys.stderr.flush()
+    return code
+
+
+def _discard_stdout(out: BinaryIO) -> BinaryIO:
+    """After a broken pipe: drop what is buffered so the interpreter's exit does not fail on it."""
+    if out is sys.stdout.buffer:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return out

@@ -1,0 +1,177 @@
+"""hub: one batch in, one write per client out; slow clients dropped-with-gap or closed."""
+
+from __future__ import annotations
+
+import json
+
+from test_envelope import parse_frame
+
+from zmqws.envelope import encode_meta
+from zmqws.hub import Hub, HubStats, Outbox
+
+
+class Client:
+    """A subscriber that records every write and close, as a transport would see them."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed: tuple[int, str] | None = None
+
+    def outbox(self, hub: Hub, cap: int = 1 << 20, policy: str = "drop") -> Outbox:
+        return Outbox(self.writes.append, lambda c, r: setattr(self, "closed", (c, r)), cap, policy,
+                      hub.stats)
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        out, buf = [], b"".join(self.writes)
+        while buf:
+            n, off = buf[1] & 0x7F, 2
+            if n == 126:
+                n, off = int.from_bytes(buf[2:4], "big"), 4
+            elif n == 127:
+                n, off = int.from_bytes(buf[2:10], "big"), 10
+            out.append(parse_frame(buf[: off + n]))
+            buf = buf[off + n:]
+        return out
+
+    def data(self) -> list[bytes]:
+        return [p for op, p in self.frames() if op == 2]
+
+    def json(self) -> list[dict]:
+        return [json.loads(p) for op, p in self.frames() if op == 1]
+
+
+def join(hub: Hub, fmt: str = "raw", prefixes=(b"",), **kw) -> Client:
+    c = Client()
+    hub.join(c, c.outbox(hub, **kw), fmt, frozenset(prefixes))
+    return c
+
+
+def test_one_write_per_client_per_batch() -> None:
+    hub = Hub()
+    clients = [join(hub) for _ in range(3)]
+    hub.dispatch([[b"t", b"m%d" % i] for i in range(100)])
+    for c in clients:
+        assert len(c.writes) == 1
+        assert c.data() == [b"m%d" % i for i in range(100)]
+    assert hub.stats.messages_in == 100 and hub.stats.deliveries == 300
+
+
+def test_members_of_a_group_get_the_same_bytes_object() -> None:
+    hub = Hub()
+    a, b = join(hub), join(hub)
+    hub.dispatch([[b"t", b"x"], [b"t", b"y"]])
+    assert a.writes[0] is b.writes[0]
+
+
+def test_routing_by_prefix_and_formats() -> None:
+    hub = Hub()
+    apache = join(hub, "json", [b"apache"])
+    linux = join(hub, "raw", [b"linux"])
+    everything = join(hub, "json", [b""])
+    hub.dispatch([[b"apache", b"a1"], [b"linux", b"l1"], [b"other", b"o1"], [b"apache", b"a2"]])
+    assert [m["data"] for m in apache.json()] == ["a1", "a2"]
+    assert linux.data() == [b"l1"]
+    assert [m["data"] for m in everything.json()] == ["a1", "l1", "o1", "a2"]
+    assert [m["seq"] for m in everything.json()] == [1, 2, 3, 4]
+
+
+def test_metadata_reaches_json_clients() -> None:
+    hub = Hub()
+    c = join(hub, "json")
+    hub.dispatch([[b"t", b"d", encode_meta("h:/f", 5, 1.0)]])
+    m = c.json()[0]
+    assert (m["source"], m["source_seq"], m["ts"]) == ("h:/f", 5, 1.0)
+
+
+def test_malformed_and_oversize_are_counted_not_fatal() -> None:
+    hub = Hub(max_outbound=10)
+    c = join(hub)
+    hub.dispatch([[], [b"", b"x"], [b"t", b"x" * 11], [b"t", b"ok"]])
+    assert c.data() == [b"ok"]
+    assert hub.stats.malformed == 2 and hub.stats.oversize == 1
+
+
+def test_unrouted_messages_are_counted() -> None:
+    hub = Hub()
+    join(hub, prefixes=[b"a"])
+    hub.dispatch([[b"b", b"x"]])
+    assert hub.stats.unrouted == 1
+
+
+def test_resubscribe_and_leave() -> None:
+    hub = Hub()
+    c = join(hub, prefixes=[b"a"])
+    hub.resubscribe(c, frozenset([b"b"]))
+    hub.dispatch([[b"a", b"1"], [b"b", b"2"]])
+    assert c.data() == [b"2"]
+    hub.leave(c)
+    hub.dispatch([[b"b", b"3"]])
+    assert c.data() == [b"2"] and hub.clients == 0
+
+
+def test_upstream_subscription_callbacks() -> None:
+    subs: list[bytes] = []
+    unsubs: list[bytes] = []
+    hub = Hub(subs.append, unsubs.append)
+    c = join(hub, prefixes=[b"a", b"b"])
+    hub.leave(c)
+    assert sorted(subs) == [b"a", b"b"] and sorted(unsubs) == [b"a", b"b"]
+
+
+class TestSlowClient:
+    def test_paused_client_queues_then_resumes_in_order(self) -> None:
+        hub = Hub()
+        slow, fast = join(hub), join(hub)
+        hub._outboxes[slow].pause()
+        hub.dispatch([[b"t", b"1"]])
+        hub.dispatch([[b"t", b"2"]])
+        assert slow.writes == [] and fast.data() == [b"1", b"2"]
+        hub._outboxes[slow].resume()
+        assert slow.data() == [b"1", b"2"] and slow.json() == []
+
+    def test_drop_policy_drops_oldest_and_sends_gap(self) -> None:
+        hub = Hub()
+        slow = join(hub, cap=250)
+        box = hub._outboxes[slow]
+        box.pause()
+        for i in range(10):
+            hub.dispatch([[b"t", b"%03d" % i + b"x" * 96]])  # ~102 bytes per batch
+        assert box.queued <= 250
+        box.resume()
+        gap = slow.json()
+        assert gap == [{"op": "gap", "missed": 8}]
+        assert [d[:3] for d in slow.data()] == [b"008", b"009"]
+        assert hub.stats.dropped_slow == 8
+
+    def test_close_policy_closes_with_1008(self) -> None:
+        hub = Hub()
+        slow = join(hub, cap=150, policy="close")
+        other = join(hub)
+        hub._outboxes[slow].pause()
+        for i in range(3):
+            hub.dispatch([[b"t", b"x" * 100]])
+        assert slow.closed == (1008, "client too slow")
+        assert len(other.data()) == 3
+        assert hub.stats.closed_slow == 1
+
+    def test_resume_stops_when_the_transport_fills_again(self) -> None:
+        stats = HubStats()
+        written: list[bytes] = []
+        box: Outbox
+
+        def write(b: bytes) -> None:
+            written.append(b)
+            box.pause()  # the transport calls pause_writing from inside write
+
+        box = Outbox(write, lambda c, r: None, 1 << 20, "drop", stats)
+        box.pause()
+        box.deliver(b"a", 1)
+        box.deliver(b"b", 1)
+        box.resume()
+        assert written == [b"a"] and box.queued == 1
+        box.resume()
+        assert written == [b"a", b"b"] and box.queue is None
+
+    def test_idle_outbox_has_no_queue(self) -> None:
+        box = Outbox(lambda b: None, lambda c, r: None, 100, "drop", HubStats())
+        assert box.queue is None

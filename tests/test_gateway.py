@@ -1,0 +1,221 @@
+"""gateway: the main job end to end, fan-out under load, slow clients, lifecycle, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import threading
+import time
+
+import aiohttp
+import pytest
+import websocket
+import zmq
+from conftest import UNIT, GatewayProc, free_port, lines_of, loghub, wait_until, zmqws_cmd
+
+
+class Collector(threading.Thread):
+    """A WebSocket client (websocket-client) that keeps every JSON message it receives."""
+
+    def __init__(self, url: str, want: int) -> None:
+        super().__init__(daemon=True)
+        self.ws = websocket.create_connection(url, timeout=60 * UNIT)
+        self.want = want
+        self.messages: list[dict] = []
+        self.done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        try:
+            while len(self.messages) < self.want:
+                self.messages.append(json.loads(self.ws.recv()))
+        finally:
+            self.done.set()
+
+    def extra(self, wait: float) -> list[dict]:
+        """Whatever else arrives within ``wait`` seconds (there must be nothing)."""
+        self.ws.settimeout(wait)
+        try:
+            return [json.loads(self.ws.recv())]
+        except websocket.WebSocketTimeoutException:
+            return []
+
+
+def test_main_job_three_clients_two_producers_real_logs(gateway: GatewayProc) -> None:
+    apache_log, linux_log = loghub("Apache_2k.log"), loghub("Linux_2k.log")
+    apache, linux = lines_of(apache_log), lines_of(linux_log)
+    assert len(apache) == len(linux) == 2000
+    c_apache = Collector(gateway.ws_url + "?topic=apache", 2000)
+    c_linux = Collector(gateway.ws_url + "?topic=linux", 2000)
+    c_all = Collector(gateway.ws_url, 4000)
+    gateway.wait_subscribed("apache", "linux", "")
+    tails = [
+        subprocess.run(zmqws_cmd("tail", "--once", "--from-start", "--topic", topic,
+                                 "--connect", gateway.zmq_endpoint, str(path)),
+                       capture_output=True, text=True, timeout=120 * UNIT)
+        for topic, path in (("apache", apache_log), ("linux", linux_log))
+    ]
+    for t in tails:
+        assert t.returncode == 0, t.stderr
+    for c in (c_apache, c_linux, c_all):
+        assert c.done.wait(60 * UNIT), f"got {len(c.messages)} of {c.want}"
+    assert [m["data"].encode() for m in c_apache.messages] == apache  # in order, byte for byte
+    assert [m["data"].encode() for m in c_linux.messages] == linux
+    assert {m["topic"] for m in c_apache.messages} == {"apache"}
+    everything = c_all.messages
+    assert [m["data"].encode() for m in everything if m["topic"] == "apache"] == apache
+    assert [m["data"].encode() for m in everything if m["topic"] == "linux"] == linux
+    assert [m["source_seq"] for m in everything if m["topic"] == "linux"] == list(range(1, 2001))
+    seqs = [m["seq"] for m in everything]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4000
+    assert c_apache.extra(0.3) == [] and c_linux.extra(0.3) == []
+    h = gateway.health()
+    assert h["messages_in"] == 4000 and h["deliveries"] == 8000 and h["dropped"]["slow_client"] == 0
+
+
+def test_fan_out_burst_reaches_every_client_in_order(gateway: GatewayProc) -> None:
+    """50 raw clients (aiohttp), 20,000 messages in one burst: every client gets all, in order."""
+    n_clients, n_msgs = 50, 20_000
+
+    async def run() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+            sockets = [await session.ws_connect(gateway.ws_url + "?format=raw&topic=burst")
+                       for _ in range(n_clients)]
+            await asyncio.get_running_loop().run_in_executor(None, gateway.wait_subscribed, "burst")
+            ctx = zmq.Context()
+            pub = ctx.socket(zmq.XPUB)  # XPUB: send only once the gateway has subscribed
+            pub.setsockopt(zmq.SNDHWM, 0)
+            pub.connect(gateway.zmq_endpoint)
+            await asyncio.get_running_loop().run_in_executor(None, pub.poll, 10_000 * UNIT)
+            for i in range(n_msgs):
+                pub.send_multipart([b"burst", i.to_bytes(4, "big") + b"x" * 96])
+
+            async def drain(ws: aiohttp.ClientWebSocketResponse) -> int:
+                expected = 0
+                while expected < n_msgs:
+                    msg = await asyncio.wait_for(ws.receive(), 30 * UNIT)
+                    assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                    assert int.from_bytes(msg.data[:4], "big") == expected
+                    expected += 1
+                return expected
+
+            counts = await asyncio.gather(*(drain(ws) for ws in sockets))
+            pub.close(0)
+            ctx.term()
+            return counts
+
+    assert asyncio.run(run()) == [n_msgs] * n_clients
+    assert gateway.health()["deliveries"] == n_clients * n_msgs
+
+
+def test_a_stalled_client_never_delays_the_others(gateway_factory) -> None:
+    """One client never reads (4 KiB receive buffer); three readers get every message of a paced
+    10 MB stream, the stalled one is dropped-with-gap, and every drop is counted."""
+    n = 10_000
+    gw = gateway_factory("--client-buffer", "65536")
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", gw.port))
+    stalled.sendall(b"GET /ws?format=raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n\r\n")
+    assert b" 101 " in stalled.recv(200)
+
+    def publish() -> None:
+        ctx = zmq.Context()
+        pub = ctx.socket(zmq.XPUB)
+        pub.setsockopt(zmq.SNDHWM, 0)
+        pub.connect(gw.zmq_endpoint)
+        assert pub.poll(10_000 * UNIT)
+        for i in range(n):
+            pub.send_multipart([b"t", b"%05d" % i + b"." * 1000])
+            if i % 100 == 99:
+                time.sleep(0.02)  # pacing the load at ~5,000 messages/s, not synchronisation
+        pub.close(linger=-1)
+        ctx.term()
+
+    async def read() -> list[list[str]]:
+        async with aiohttp.ClientSession() as session:
+            readers = [await session.ws_connect(gw.ws_url + "?format=raw") for _ in range(3)]
+            publisher = threading.Thread(target=publish)
+            publisher.start()
+
+            async def drain(ws: aiohttp.ClientWebSocketResponse) -> list[str]:
+                got: list[str] = []
+                while len(got) < n:
+                    msg = await asyncio.wait_for(ws.receive(), 30 * UNIT)
+                    assert msg.type == aiohttp.WSMsgType.BINARY, msg  # a gap would be TEXT
+                    got.append(msg.data[:5].decode())
+                return got
+
+            result = await asyncio.gather(*(drain(ws) for ws in readers))
+            await asyncio.get_running_loop().run_in_executor(None, publisher.join)
+            return result
+
+    for got in asyncio.run(read()):
+        assert got == ["%05d" % i for i in range(n)]
+    h = gw.health()
+    assert h["dropped"]["slow_client"] > 0  # the stalled client's, counted
+    assert h["deliveries"] >= 3 * n
+    stalled.close()
+
+
+class TestErrors:
+    def test_port_in_use_is_one_clear_line(self, gateway: GatewayProc) -> None:
+        r = subprocess.run(zmqws_cmd("gateway", "--bind", f"tcp://127.0.0.1:{free_port()}",
+                                     "--listen", f"127.0.0.1:{gateway.port}"),
+                           capture_output=True, text=True, timeout=30 * UNIT)
+        assert r.returncode == 3
+        assert r.stderr.strip().splitlines() == [
+            f"zmqws gateway: error: cannot listen on 127.0.0.1:{gateway.port}: "
+            "address already in use (another gateway running?)"]
+
+    def test_zmq_endpoint_in_use_is_one_clear_line(self, gateway: GatewayProc) -> None:
+        r = subprocess.run(zmqws_cmd("gateway", "--bind", gateway.zmq_endpoint,
+                                     "--listen", f"127.0.0.1:{free_port()}"),
+                           capture_output=True, text=True, timeout=30 * UNIT)
+        assert r.returncode == 3 and "Traceback" not in r.stderr
+        assert r.stderr.strip() == (f"zmqws gateway: error: cannot bind {gateway.zmq_endpoint}: "
+                                    "Address already in use")
+
+    @pytest.mark.parametrize(("args", "needle"), [
+        (["--bind", "tcp//x"], "malformed endpoint"),
+        (["--connect", "tcp://127.0.0.1:5555", "--listen", "nowhere"], "--listen"),
+        ([], "at least one --bind"),
+        (["--bind", "tcp://127.0.0.1:1", "--frobnicate"], "unrecognized arguments"),
+    ])
+    def test_bad_flags_exit_2_with_one_line(self, args: list[str], needle: str) -> None:
+        r = subprocess.run(zmqws_cmd("gateway", *args), capture_output=True, text=True,
+                           timeout=30 * UNIT)
+        assert r.returncode == 2
+        assert len(r.stderr.strip().splitlines()) == 1 and needle in r.stderr, r.stderr
+
+
+def test_connect_mode_and_publish_back_into_zeromq(gateway_factory) -> None:
+    """--connect to a publisher; --publish-bind lets clients publish into ZeroMQ."""
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    out_port = free_port()
+    gw = gateway_factory("--publish-bind", f"tcp://127.0.0.1:{out_port}", zmq_bind=False,
+                         zmq_port=port)
+    sub = ctx.socket(zmq.SUB)
+    sub.subscribe(b"cmd")
+    sub.connect(f"tcp://127.0.0.1:{out_port}")
+    ws = websocket.create_connection(gw.ws_url + "?topic=up", timeout=10 * UNIT)
+    assert pub.poll(10_000 * UNIT) and pub.recv() == b"\x01up"
+    pub.send_multipart([b"up", b"from zmq"])
+    assert json.loads(ws.recv())["data"] == "from zmq"
+    deadline = time.monotonic() + 10 * UNIT
+    got = None
+    while got is None and time.monotonic() < deadline:  # PUB→SUB joins asynchronously
+        ws.send(json.dumps({"op": "publish", "topic": "cmd.restart", "data": "now"}))
+        assert json.loads(ws.recv()) == {"op": "published", "topic": "cmd.restart"}
+        if sub.poll(200):
+            got = sub.recv_multipart()
+    assert got == [b"cmd.restart", b"now"]
+    for s in (pub, sub):
+        s.close(0)
+    ctx.term()

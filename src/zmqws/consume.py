@@ -438,6 +438,7 @@ def run(settings: ConsumeSettings) -> int:
     signals: _Signals | None = None
     consumer = _Consumer(settings, out)
     code = 0
+    started = False
     try:
         # Signals first: once the endpoints are logged as ready, SIGTERM is already handled.
         signals = _Signals()
@@ -448,7 +449,7 @@ def run(settings: ConsumeSettings) -> int:
             sock.setsockopt(zmq.SUBSCRIBE, prefix.encode("utf-8"))
         for ep in settings.bind:
             attach(sock, [ep], bind=True)
-            log.info("bound %s", sock.getsockopt(zmq.LAST_ENDPOINT).decode())
+            log.info("bound %s", sock.getsockopt_string(zmq.LAST_ENDPOINT))
         for ep in settings.connect:
             attach(sock, [ep], bind=False)
             log.info("connecting to %s", ep)
@@ -457,25 +458,24 @@ def run(settings: ConsumeSettings) -> int:
             ", ".join(repr(t) for t in settings.topics) if settings.topics else "every topic",
             settings.output or "stdout",
         )
+        started = True
         try:
             reason = consumer.loop(sock, signals)
             log.info("stopping: %s", reason)
         except BrokenPipeError:
             # The reader of stdout went away (`zmqws consume | head`): nothing left to write to.
             log.info("stopping: output closed by its reader")
-            out = _discard_stdout(out)
+            _discard_stdout(out)
         except OSError as exc:
             log.error("cannot write %s: %s", settings.output or "stdout", exc.strerror or exc)
             code = 1
     finally:
         sock.close(linger=0)
         ctx.term()
-        if signals is not None:
-            signals.close()
         try:
             out.flush()
         except BrokenPipeError:
-            out = _discard_stdout(out)
+            _discard_stdout(out)
         except OSError as exc:
             log.error("cannot write %s: %s", settings.output or "stdout", exc.strerror or exc)
             code = 1
@@ -484,16 +484,20 @@ def run(settings: ConsumeSettings) -> int:
                 out.close()
             except OSError:
                 code = 1
-    for line in consumer.summary():
-        print(line, file=sys.stderr)
-    sys.stderr.flush()
+        # Only now: a second signal while the flush above was stuck still ends the process.
+        if signals is not None:
+            signals.close()
+    if started:
+        for line in consumer.summary():
+            print(line, file=sys.stderr)
+        sys.stderr.flush()
     return code
 
 
-def _discard_stdout(out: BinaryIO) -> BinaryIO:
-    """After a broken pipe: drop what is buffered so the interpreter's exit does not fail on it."""
+def _discard_stdout(out: BinaryIO) -> None:
+    """After a broken pipe on stdout: send what is still buffered to /dev/null, so neither the
+    final flush nor the interpreter's exit fails on it."""
     if out is sys.stdout.buffer:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    return out

@@ -8,6 +8,7 @@
 (() => {
   // -- limits ---------------------------------------------------------------------------------
   const MAX_ROWS = 2000; // rows kept in the DOM; the oldest go first
+  const CHUNK = 100; // rows per block of the log: layout and paint skip the blocks out of view
   const MAX_DATA = 10000; // characters of one message shown; the rest is summarised
   const TOP_RATES = 20; // rows of the rate table
   const MAX_TOPICS = 5000; // topics whose rates are tracked
@@ -58,7 +59,9 @@
   let paused = false;
   let pausedNew = 0; // messages received while paused
   let stick = true; // follow the newest row
+  let lastTop = 0; // the log's scrollTop when last seen, to tell the user's scrolls up
   let unseen = 0; // rows added while not following
+  let rowCount = 0; // rows in the log
 
   const stats = new Map(); // topic → {n (this second), total, rate, last}
   let totalCount = 0;
@@ -93,7 +96,7 @@
 
   function fmtRate(r) {
     if (r === 0) return "0";
-    if (r < 10) return r.toFixed(1);
+    if (r < 9.95) return r.toFixed(1);
     return Math.round(r).toLocaleString("en-US");
   }
 
@@ -140,6 +143,7 @@
   function setStatus(s, text) {
     state = s;
     el.status.dataset.state = s;
+    el.status.dataset.attempt = String(attempt);
     el.status.textContent = text;
     const open = s === "open";
     el.add.disabled = !open;
@@ -463,47 +467,130 @@
     frame = 0;
     if (paused) {
       el.pausedBanner.textContent = "paused: " + pausedNew.toLocaleString("en-US") +
-        " new messages" + (pausedNew > MAX_ROWS ? " (the newest " + MAX_ROWS + " will show)" : "");
+        (pausedNew === 1 ? " new message" : " new messages") +
+        (pausedNew > MAX_ROWS ? " (the newest " + MAX_ROWS + " will show)" : "");
       return;
     }
     if (!pending.length) return;
     let items = pending;
     pending = [];
     if (items.length > MAX_ROWS) items = items.slice(-MAX_ROWS);
-    const frag = document.createDocumentFragment();
-    for (const it of items) frag.appendChild(renderRow(it));
-    const log = el.log;
-    log.appendChild(frag);
-    const excess = log.childElementCount - MAX_ROWS;
-    if (excess > 0) {
-      const r = document.createRange();
-      r.setStartBefore(log.firstElementChild);
-      r.setEndBefore(log.children[excess]);
-      r.deleteContents();
-    }
+    appendRows(items);
     if (stick) {
-      log.scrollTop = log.scrollHeight;
+      toBottom();
+      settle(5);
     } else {
       unseen += items.length;
       el.resume.textContent = "↓ Resume auto-scroll (" + unseen.toLocaleString("en-US") + " new)";
     }
   }
 
+  // The log is a list of blocks (.chunk) of up to CHUNK rows. A block out of view is skipped by
+  // layout and paint (content-visibility in style.css), so a frame costs what the new rows and
+  // the visible blocks cost, not what all MAX_ROWS rows would.
+  function appendRows(items) {
+    const log = el.log;
+    let chunk = log.lastElementChild;
+    let n = chunk ? chunk.childElementCount : CHUNK;
+    const rows = document.createDocumentFragment();
+    const chunks = document.createDocumentFragment();
+    for (const it of items) {
+      if (n >= CHUNK) {
+        if (rows.firstChild) chunk.appendChild(rows);
+        chunk = document.createElement("div");
+        chunk.className = "chunk";
+        chunks.appendChild(chunk);
+        n = 0;
+      }
+      rows.appendChild(renderRow(it));
+      n++;
+    }
+    chunk.appendChild(rows);
+    log.appendChild(chunks);
+    rowCount += items.length;
+    // Drop the oldest rows: whole blocks, then the start of the first one.
+    let excess = rowCount - MAX_ROWS;
+    while (excess > 0) {
+      const first = log.firstElementChild;
+      const c = first.childElementCount;
+      if (c <= excess) {
+        first.remove();
+        excess -= c;
+        rowCount -= c;
+      } else {
+        const r = document.createRange();
+        r.setStartBefore(first.firstElementChild);
+        r.setEndBefore(first.children[excess]);
+        r.deleteContents();
+        rowCount -= excess;
+        excess = 0;
+      }
+    }
+  }
+
+  function toBottom() {
+    const log = el.log;
+    log.scrollTop = log.scrollHeight;
+    lastTop = log.scrollTop;
+  }
+
+  // Rows out of view are not laid out (content-visibility in style.css), so the rows just
+  // scrolled into view may turn out taller than estimated a frame later: follow them down.
+  let settleFrame = 0;
+  function settle(tries) {
+    if (settleFrame) cancelAnimationFrame(settleFrame);
+    settleFrame = requestAnimationFrame(() => {
+      settleFrame = 0;
+      const log = el.log;
+      if (!stick || log.scrollHeight - log.scrollTop - log.clientHeight < 1) return;
+      toBottom();
+      if (tries > 1) settle(tries - 1);
+    });
+  }
+
+  // Following stops only when the user scrolls up, not when rows change size or go away above
+  // the view (which moves the position by itself); it starts again at the bottom.
+  let userAt = -1e9; // when the user last touched the log: wheel, touch, pointer, keys
+  const userInput = () => {
+    userAt = performance.now();
+  };
+  for (const type of ["wheel", "touchstart", "touchmove", "pointerdown"]) {
+    el.log.addEventListener(type, userInput, { passive: true });
+  }
+  const scrollKeys = new Set(["ArrowUp", "PageUp", "Home", "ArrowDown", "PageDown", "End", " "]);
+  document.addEventListener("keydown", (ev) => {
+    if (scrollKeys.has(ev.key) && !(ev.target instanceof HTMLInputElement)) userInput();
+  }, { passive: true });
+
   el.log.addEventListener("scroll", () => {
     const log = el.log;
-    const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 24;
-    if (atBottom === stick) return;
-    stick = atBottom;
-    if (stick) unseen = 0;
-    el.resume.textContent = "↓ Resume auto-scroll";
-    el.resume.hidden = stick;
+    const top = log.scrollTop;
+    const atBottom = log.scrollHeight - top - log.clientHeight < 24;
+    if (atBottom && !stick) {
+      stick = true;
+      unseen = 0;
+      el.resume.hidden = true;
+    } else if (!atBottom && stick && top < lastTop && performance.now() - userAt < 1000) {
+      stick = false;
+      el.resume.textContent = "↓ Resume auto-scroll";
+      el.resume.hidden = false;
+    } else if (!atBottom && stick) {
+      settle(5);
+    }
+    lastTop = top;
   }, { passive: true });
+
+  // A resized log (window, phone rotation) keeps following the newest row.
+  new ResizeObserver(() => {
+    if (stick) toBottom();
+  }).observe(el.log);
 
   el.resume.addEventListener("click", () => {
     stick = true;
     unseen = 0;
     el.resume.hidden = true;
-    el.log.scrollTop = el.log.scrollHeight;
+    toBottom();
+    settle(5);
   });
 
   el.pause.addEventListener("click", () => {
@@ -525,6 +612,7 @@
     pausedNew = 0;
     unseen = 0;
     el.log.replaceChildren();
+    rowCount = 0;
     stick = true;
     el.resume.hidden = true;
   });

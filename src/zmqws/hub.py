@@ -29,15 +29,17 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .envelope import control_frame, decode, json_frame, raw_frame
+from .envelope import Message, control_frame, decode, json_frame, ws_frame
 from .exceptions import MalformedMessage
-from .topics import TopicIndex
+from .topics import Group, TopicIndex
 
 __all__ = ["Hub", "Outbox", "HubStats", "FORMATS"]
 
 FORMATS = ("json", "raw")
 
 CLOSE_POLICY_VIOLATION = 1008
+# RFC 6455 §5.2 headers of unmasked binary frames with a 7-bit length, for the inlined fast path.
+_SHORT_BINARY = [ws_frame(b"\x00" * n)[:2] for n in range(126)]
 
 
 @dataclass(slots=True)
@@ -192,17 +194,29 @@ class Hub:
         max_out = self.max_outbound
         seq = self.seq
         touched = []
+        last_topic: bytes | None = None
+        last_groups: tuple[Group, ...] = ()
+        short = _SHORT_BINARY
         for frames in batch:
-            try:
-                msg = decode(frames)
-            except MalformedMessage:
-                stats.malformed += 1
-                continue
+            # The usual envelope, [topic, data], skips building a Message: the raw format needs
+            # only the data, and JSON builds it below only when some client wants JSON.
+            msg = None
+            if len(frames) == 2 and frames[0]:
+                topic, data = frames
+            else:
+                try:
+                    msg = decode(frames)
+                except MalformedMessage:
+                    stats.malformed += 1
+                    continue
+                topic, data = msg.topic, msg.data
             seq += 1
-            if len(msg.data) > max_out:
+            if len(data) > max_out:
                 stats.oversize += 1
                 continue
-            groups = route(msg.topic)
+            if topic != last_topic:  # runs of one topic are the common case under load
+                last_topic, last_groups = topic, route(topic)
+            groups = last_groups
             if not groups:
                 stats.unrouted += 1
                 continue
@@ -210,11 +224,12 @@ class Hub:
             for g in groups:
                 if g.fmt == "raw":
                     if raw is None:
-                        raw = raw_frame(msg)
+                        n = len(data)
+                        raw = short[n] + data if n < 126 else ws_frame(data)
                     part = raw
                 else:
                     if js is None:
-                        js = json_frame(msg, seq)
+                        js = json_frame(msg or Message(topic, data), seq)
                     part = js
                 if not g.parts:
                     touched.append(g)

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -91,8 +92,10 @@ class GatewayProc:
         flag = "--bind" if zmq_bind else "--connect"
         self.args = zmqws_cmd("gateway", flag, self.zmq_endpoint,
                               "--listen", f"127.0.0.1:{self.port}", *extra)
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        # Output goes to files, not pipes: a talkative gateway must never block on a full pipe.
+        self.out = tempfile.TemporaryFile("w+")
+        self.err = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(self.args, stdout=self.out, stderr=self.err, text=True)
         wait_until(self._ready, 15, "the gateway to listen")
 
     @property
@@ -105,7 +108,7 @@ class GatewayProc:
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"gateway exited with {self.proc.returncode}: {self.proc.stderr.read()}")
+            raise AssertionError(f"gateway exited with {self.proc.returncode}: {self.output()[1]}")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return True
@@ -122,16 +125,24 @@ class GatewayProc:
         wait_until(lambda: set(prefixes) <= set(self.health()["upstream"]["subscriptions"]),
                    timeout, f"upstream subscriptions {prefixes}")
 
+    def output(self) -> tuple[str, str]:
+        """Everything the gateway printed so far: (stdout, stderr)."""
+        texts = []
+        for f in (self.out, self.err):
+            f.seek(0)
+            texts.append(f.read())
+        return texts[0], texts[1]
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, str, str]:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            out, err = self.proc.communicate(timeout=timeout * UNIT)
+            self.proc.wait(timeout=timeout * UNIT)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-            raise AssertionError(f"gateway did not stop on signal {sig}: {err}") from None
-        return self.proc.returncode, out, err
+            self.proc.wait()
+            raise AssertionError(f"gateway did not stop on signal {sig}: {self.output()[1]}") from None
+        return (self.proc.returncode, *self.output())
 
 
 @pytest.fixture
@@ -147,7 +158,9 @@ def gateway_factory() -> Iterator[Callable[..., GatewayProc]]:
     for g in made:
         if g.proc.poll() is None:
             g.proc.kill()
-            g.proc.communicate()
+            g.proc.wait()
+        g.out.close()
+        g.err.close()
 
 
 @pytest.fixture

@@ -156,6 +156,31 @@ class TestNoSubscriber:
             assert time.monotonic() - start < 2 * UNIT
 
 
+    def test_close_releases_a_send_blocked_waiting_for_a_subscriber(self) -> None:
+        pub = Publisher("tcp://127.0.0.1:*", bind=True, subscriber_timeout=None, linger=0)
+        errors: list[BaseException] = []
+
+        def blocked_send() -> None:
+            try:
+                pub.send("t", "x")
+            except BaseException as exc:  # noqa: BLE001 - the test inspects it
+                errors.append(exc)
+
+        t = threading.Thread(target=blocked_send)
+        t.start()
+        def send_holds_lock() -> bool:
+            if pub._lock.acquire(blocking=False):
+                pub._lock.release()
+                return False
+            return True
+
+        wait_for(send_holds_lock, 10 * UNIT, "the send to hold the lock")
+        pub.close()
+        t.join(10 * UNIT)
+        assert not t.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+
+
 def test_ten_threads_share_one_publisher(ctx: zmq.Context) -> None:  # type: ignore[type-arg]
     n_threads, per_thread = 10, 1000
     with Publisher("tcp://127.0.0.1:*", bind=True, subscriber_timeout=10 * UNIT, linger=0) as pub:

@@ -1,8 +1,9 @@
 """The ``zmqws`` command: flags → settings → the part that runs. Wiring only, no logic.
 
 Exit codes: 0 success; 1 a failure at run time; 2 a usage or configuration error (bad flag, bad
-value, malformed endpoint); 3 a start-up failure (port in use, file missing). A user error prints
-one line on stderr, never a traceback.
+value, malformed endpoint, a file named on the command line that does not exist); 3 a start-up
+failure (a port or endpoint in use, an interface that cannot be bound). A user error prints one
+line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def _add_tail(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--from-start", action="store_true",
                    help="start at the beginning of each file instead of its end")
     p.add_argument("--once", action="store_true",
-                   help="read to the end, publish every line, make sure all was sent, exit 0")
+                   help="read each file from its start to its end (implies --from-start), publish every "
+                   "line, wait until all was handed to the network, exit 0")
     p.add_argument("--poll-interval", type=float, default=0.2, metavar="SECONDS",
                    help="how often files are checked for growth, rotation and truncation")
     p.add_argument("--linger", type=float, default=30.0, metavar="SECONDS",

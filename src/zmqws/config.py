@@ -163,6 +163,8 @@ class TailSettings:
             raise ConfigError("tail needs exactly one of --bind ENDPOINT or --connect ENDPOINT")
         _endpoints("--bind", self.bind)
         _endpoints("--connect", self.connect)
+        if not self.topic:
+            raise ConfigError("--topic: the template must not be empty (default: {host}.{name})")
         try:
             self.topic.format(host="h", name="n", path="p", stem="s")
         except (KeyError, IndexError, ValueError) as exc:
@@ -170,8 +172,6 @@ class TailSettings:
                 f"--topic: {self.topic!r} is not a valid template ({exc}); "
                 "use {host}, {name}, {stem} and {path}"
             ) from None
-        if self.once and not self.paths:
-            raise ConfigError("--once needs at least one PATH")
         _positive("--poll-interval", self.poll_interval)
         _positive("--linger", self.linger, zero_ok=True)
         if self.once:

@@ -95,6 +95,9 @@ class Publisher:
         self._subscriptions: set[bytes] = set()
         self._seen_subscriber = False
         self._closed = False
+        # Set by close() before it takes the lock, so a send blocked by a stalled subscriber or
+        # waiting for one gives up instead of holding close() for ever.
+        self._closing = threading.Event()
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
@@ -141,6 +144,8 @@ class Publisher:
         with self._lock:
             self._read_subscriptions(0)
             while not self._wanted(t):
+                if self._closing.is_set():
+                    raise RuntimeError("Publisher closed while waiting for a subscriber")
                 if deadline is None:
                     wait = _POLL_SLICE_MS
                 else:
@@ -208,6 +213,8 @@ class Publisher:
         sock = self._sock
         pause_ms = 1
         while True:
+            if self._closing.is_set():
+                raise RuntimeError("Publisher closed while a send was blocked")
             try:
                 sock.send_multipart(frames, zmq.NOBLOCK)
                 return
@@ -228,7 +235,12 @@ class Publisher:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def close(self, linger: float | None = None) -> None:
-        """Close the socket, waiting up to ``linger`` seconds for queued messages to go out."""
+        """Close the socket, waiting up to ``linger`` seconds for queued messages to go out.
+
+        A :meth:`send` blocked in another thread (waiting for a subscriber, or for room in a
+        full queue) raises ``RuntimeError`` instead of holding the close up.
+        """
+        self._closing.set()
         with self._lock:
             if self._closed:
                 return

@@ -11,6 +11,11 @@ lines. A file is followed *by name*, so the usual ways logs are rotated all work
 * **a file that does not exist yet, or is deleted for a while**: the path is checked each poll and
   the file is read from its start when it appears.
 
+By default each file is followed from its end, as ``tail -F`` does; when the file does not end with
+a newline, the rest of its last line is skipped too (the line was there before tail, and its end
+alone would be a fragment). ``--from-start`` reads what the files hold first; ``--once`` reads every
+file from its start to its end, publishes the last line even without a newline, and exits.
+
 Lines are bytes and are never decoded: a line is everything up to ``\\n``, without the ``\\n`` and
 without a ``\\r`` just before it (CRLF files). A line whose newline has not been written yet is held
 until it comes, so a line, or a UTF-8 character, split across two writes is published whole.
@@ -27,7 +32,8 @@ Limits, stated plainly:
 * A truncation is noticed only if the file is shorter than what was read when tail looks again: a
   file truncated and then refilled beyond the old offset within one poll interval is not noticed
   (``tail -F`` has the same limit).
-* After a rotation, bytes written to the old file once tail has moved on to the new one are not read.
+* After a rotation, bytes written to the old file once tail has moved on to the new one are not
+  read.
 * On stop, a partial line that never got its newline is not published (it is logged); nothing saves
   the offset yet, so lines appended while tail is not running are not published by the next run.
 """
@@ -42,13 +48,14 @@ import signal
 import socket
 import stat
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 
 from .config import TailSettings
-from .exceptions import StartupError
+from .exceptions import ConfigError, StartupError
 from .publisher import Publisher
 
 __all__ = [
@@ -125,12 +132,22 @@ def sources(paths: Sequence[str], template: str, host: str) -> list[Source]:
 
     A path named twice is followed once: two followers of one file would publish every line twice
     under one source name, and their sequence numbers would interleave.
+
+    Raises:
+        ConfigError: the template gives an empty topic for a file.
     """
     seen: dict[str, Source] = {}
     for p in paths:
         abspath = os.path.abspath(p)
-        if abspath not in seen:
-            seen[abspath] = Source(abspath, format_topic(template, host, abspath), f"{host}:{abspath}")
+        if abspath in seen:
+            continue
+        topic = format_topic(template, host, abspath)
+        if not topic:
+            raise ConfigError(
+                f"--topic: {template!r} gives an empty topic for {abspath}; a topic must not be "
+                "empty (use {host}, {name}, {stem} and {path})"
+            )
+        seen[abspath] = Source(abspath, topic, f"{host}:{abspath}")
     return list(seen.values())
 
 
@@ -245,10 +262,11 @@ class LineSplitter:
 
     def __init__(self, max_line: int = MAX_LINE) -> None:
         if max_line < 4:
-            raise ValueError(f"max_line must be at least 4 bytes (one UTF-8 character), got {max_line}")
+            raise ValueError(f"max_line must be at least 4 bytes (a UTF-8 character), not {max_line}")
         self.max_line = max_line
         self.discarding = False
         self.cut = 0
+        self._cutting = False  # the held line was already cut once (count it once)
         self._held = bytearray()
 
     @property
@@ -268,19 +286,23 @@ class LineSplitter:
         rest = parts.pop()
         out: list[bytes] = []
         for i, line in enumerate(parts):
-            if i == 0 and self._held:
-                line = bytes(self._held) + line
-                self._held.clear()
+            already_cut = False
+            if i == 0:
+                if self._held:
+                    line = bytes(self._held) + line
+                    self._held.clear()
+                already_cut, self._cutting = self._cutting, False
             if line.endswith(b"\r"):
                 line = line[:-1]
             if len(line) > self.max_line:
-                self.cut += 1
+                self.cut += not already_cut
                 out.extend(self._pieces(line))
             else:
                 out.append(line)
         self._held += rest
         if len(self._held) > self.max_line:
-            self.cut += 1
+            self.cut += not self._cutting
+            self._cutting = True
             while len(self._held) > self.max_line:
                 n = _utf8_cut(self._held, self.max_line)
                 out.append(bytes(self._held[:n]))
@@ -296,7 +318,7 @@ class LineSplitter:
 
     def flush(self) -> list[bytes]:
         """End the current line: return the held partial line, if any, as a line (as is)."""
-        self.discarding = False
+        self.discarding = self._cutting = False
         if not self._held:
             return []
         line = bytes(self._held)
@@ -307,7 +329,7 @@ class LineSplitter:
         """Forget the held partial line; return how many bytes it had."""
         n = len(self._held)
         self._held.clear()
-        self.discarding = False
+        self.discarding = self._cutting = False
         return n
 
 
@@ -334,7 +356,9 @@ class FileFollower:
         read_budget: at most this many bytes are read per :meth:`poll` or :meth:`read_available`.
     """
 
-    def __init__(self, source: Source, *, max_line: int = MAX_LINE, read_budget: int = READ_BUDGET) -> None:
+    def __init__(
+        self, source: Source, *, max_line: int = MAX_LINE, read_budget: int = READ_BUDGET
+    ) -> None:
         self.source = source
         self.state = State.WAITING
         self.offset = 0
@@ -386,26 +410,21 @@ class FileFollower:
             os.close(self._fd)
             self._fd = None
 
-    def start(self, *, from_start: bool, required: bool = False) -> None:
-        """Open the file at its start or its end; a missing file is waited for.
+    def start(self, *, from_start: bool) -> OSError | None:
+        """Open the file at its start or its end; if it cannot be opened, it is waited for.
 
         Args:
-            from_start: read what the file holds already; else start at its end, and the rest of
-                an unterminated last line is skipped with it.
-            required: the file must be there (``--once``).
+            from_start: read what the file holds already. Else start at its end; when the file
+                does not end with a newline, the rest of its last line is skipped too (that line
+                was there before us, and publishing its end alone would publish a fragment).
 
-        Raises:
-            StartupError: ``required`` and the file cannot be opened.
+        Returns:
+            None, or the error that kept the file from being opened (the follower is then
+            ``WAITING`` for it).
         """
         err = self._open(at_end=not from_start)
-        where = "start" if from_start else "end"
-        if err is None:
-            log.info("following %s from its %s as topic %r", self.path, where, self.source.topic)
-        elif required:
-            raise StartupError(f"cannot read {self.path}: {err.strerror}")
-        else:
-            self._open_error = err.strerror or ""
-            log.warning("cannot open %s (%s); waiting for it", self.path, err.strerror)
+        self._open_error = "" if err is None else (err.strerror or "")
+        return err
 
     def close(self) -> None:
         """Stop following. A partial line without its newline is dropped (and logged)."""
@@ -450,7 +469,8 @@ class FileFollower:
         if self._lines.cut != self._cut_logged:
             self._cut_logged = self._lines.cut
             log.warning(
-                "%s: a line longer than %d bytes was published in pieces", self.path, self._lines.max_line
+                "%s: a line longer than %d bytes was published in pieces",
+                self.path, self._lines.max_line,
             )
         return lines, got, got >= self._budget
 
@@ -471,7 +491,7 @@ class FileFollower:
                 self._open_error = why
                 return [], False
             self._open_error = ""
-            log.info("%s appeared: following it from its start", self.path)
+            log.info("%s: a file is there now, following it from its start", self.path)
         if self.state is State.FOLLOWING:
             return self._poll_following()
         if self.state is State.ROTATED:
@@ -535,17 +555,17 @@ class FileFollower:
 
 
 class _Interrupted(BaseException):
-    """Raised by the signal handler to leave a send that blocks (backpressure, no subscriber)."""
+    """Raised by the signal handler to leave a send that blocks on a full queue (backpressure)."""
 
 
 class _Stopper:
     """SIGINT/SIGTERM set :attr:`event`; inside :meth:`interruptible` they also raise.
 
     The loop checks the event between polls and between lines, and waits on it between polls. A
-    send can block for ever (lossless: no subscriber, or a full queue), so a signal during one
-    raises :class:`_Interrupted` to leave it. Nowhere else does the handler raise: in particular
-    not while the publisher closes, where a signal only ends the linger early (libzmq's
-    ``zmq_ctx_term`` returns on EINTR).
+    send blocks for as long as a subscriber's queue is full (lossless: backpressure, never a drop),
+    so a signal during one raises :class:`_Interrupted` to leave it. Nowhere else does the handler
+    raise: in particular not while the publisher closes, where a signal only ends the linger early
+    (libzmq's ``zmq_ctx_term`` returns on EINTR).
     """
 
     def __init__(self, event: threading.Event) -> None:
@@ -572,7 +592,8 @@ class _Stopper:
         finally:
             self._interruptible = False
             for s, h in previous.items():
-                signal.signal(s, h)
+                if h is not None:  # None: set outside Python, cannot be restored from here
+                    signal.signal(s, h)
 
     @contextmanager
     def interruptible(self) -> Iterator[None]:
@@ -583,70 +604,100 @@ class _Stopper:
             self._interruptible = False
 
 
-class _Sender:
-    """Publishes one line, first waiting (and saying so) until some subscriber wants its topic.
+class _Feed:
+    """One file's way out: its lines read but not yet published, and whether they wait for a subscriber.
 
-    The wait is done here in slices of ``poll_interval`` rather than inside ``Publisher.send`` so
-    that a stop request (the event) ends it even without a signal.
+    Waiting for a subscriber is per file, not a :class:`State`: a file can be rotated and unwanted at
+    once, and the wait ends when a subscriber comes, whatever the file does. While its lines wait,
+    the file is not read further (the file itself is the buffer, so nothing is lost and memory stays
+    bounded by one read budget), and the other files go on: a topic nobody wants does not hold back
+    the files whose topics are wanted.
     """
 
-    def __init__(self, publisher: Publisher, stopper: _Stopper, poll_interval: float) -> None:
-        self.publisher = publisher
-        self.stopper = stopper
-        self.poll_interval = poll_interval
+    __slots__ = ("follower", "queue", "waiting", "done")
 
-    def __call__(self, source: Source, line: bytes) -> bool:
-        """Publish ``line``; False if tail was stopped before it could be."""
-        stop = self.stopper.event
-        if stop.is_set():
-            return False
-        pub = self.publisher
-        with self.stopper.interruptible():
-            if not pub.wait_for_subscriber(source.topic, 0):
-                log.info("waiting for a subscriber to topic %r", source.topic)
-                while not pub.wait_for_subscriber(source.topic, self.poll_interval):
-                    if stop.is_set():
-                        return False
-                log.info("a subscriber wants topic %r: publishing", source.topic)
-            pub.send(source.topic, line, source=source.name)
-        return True
+    def __init__(self, follower: FileFollower) -> None:
+        self.follower = follower
+        self.queue: deque[bytes] = deque()
+        self.waiting = False
+        self.done = False  # --once: read to its end and closed
 
-
-def _once(followers: Sequence[FileFollower], send: Callable[[Source, bytes], bool]) -> None:
-    """Publish every line of every file, the unterminated last one included, file after file."""
-    for f in followers:
-        more = True
-        while more:
+    def fill(self, once: bool) -> bool:
+        """Read the next lines into the queue; True if there is more to read right away."""
+        f = self.follower
+        if once:
             lines, more = f.read_available()
-            for line in lines:
-                if not send(f.source, line):
-                    return
-        for line in f.finish():
-            if not send(f.source, line):
-                return
+            if not more:
+                lines += f.finish()
+                self.done = True
+        else:
+            lines, more = f.poll()
+        self.queue.extend(lines)
+        return more
+
+    def wanted(self, publisher: Publisher) -> bool:
+        """Whether some subscriber wants this file's topic now (logs when that changes)."""
+        topic = self.follower.source.topic
+        if publisher.wait_for_subscriber(topic, 0):
+            if self.waiting:
+                self.waiting = False
+                log.info("a subscriber wants topic %r: publishing %s", topic, self.follower.path)
+            return True
+        if not self.waiting:
+            self.waiting = True
+            log.info("waiting for a subscriber to topic %r (%s)", topic, self.follower.path)
+        return False
 
 
-def _follow(
-    followers: Sequence[FileFollower],
-    send: Callable[[Source, bytes], bool],
-    stop: threading.Event,
+def _pump(
+    feeds: Sequence[_Feed],
+    publisher: Publisher,
+    stopper: _Stopper,
     poll_interval: float,
+    once: bool,
 ) -> None:
-    """Poll every file, publish their lines, wait ``poll_interval`` when none has more; until stop."""
+    """The loop: read each file in turn, publish its lines if its topic is wanted, wait, repeat.
+
+    Returns when stopped, or with ``once`` when every file was read to its end and published.
+    """
+    stop = stopper.event
     while not stop.is_set():
         busy = False
-        for f in followers:
-            lines, more = f.poll()
-            for line in lines:
-                if not send(f.source, line):
-                    return
-            busy = busy or more
-        if not busy:
+        pending = False
+        for feed in feeds:
+            if not feed.queue and not feed.done:
+                busy = feed.fill(once) or busy
+            if not feed.queue:
+                pending = pending or not feed.done
+                continue
+            pending = True
+            if not feed.wanted(publisher):
+                continue
+            source = feed.follower.source
+            # A send blocks while a subscriber's queue is full (backpressure): only a signal ends it.
+            with stopper.interruptible():
+                while feed.queue:
+                    if stop.is_set():
+                        return
+                    publisher.send(source.topic, feed.queue[0], source=source.name)
+                    feed.queue.popleft()
+            busy = busy or not feed.done
+        if once and not pending:
+            return
+        if busy:
+            continue
+        waiting = next((feed for feed in feeds if feed.waiting), None)
+        if waiting is None:
             stop.wait(poll_interval)
+        else:
+            # Wake as soon as a subscriber comes for the first file that waits (the usual case is
+            # one topic), else after poll_interval as usual; a signal ends the wait at once.
+            with stopper.interruptible():
+                publisher.wait_for_subscriber(waiting.follower.source.topic, poll_interval)
 
 
 def run(settings: TailSettings, *, stop: threading.Event | None = None) -> int:
-    """Run ``zmqws tail``: publish the lines of ``settings.paths`` until stopped (or, ``--once``, read).
+    """Run ``zmqws tail``: publish the lines of ``settings.paths`` until stopped (``--once``: read).
 
     ``--once`` reads every file from its start (``--from-start`` is implied), publishes every line
     including an unterminated last one, then closes the publisher, which waits up to
@@ -656,22 +707,28 @@ def run(settings: TailSettings, *, stop: threading.Event | None = None) -> int:
     Args:
         settings: validated settings.
         stop: set it to stop, for callers that run tail in a thread. Without it, SIGINT and
-            SIGTERM stop tail (handlers are installed only in the main thread). A second signal
-            during the final linger ends the linger.
+            SIGTERM stop tail (handlers are installed only in the main thread, and removed on
+            return). A signal that comes while the publisher closes ends its linger: the second
+            signal forces the exit.
 
     Returns:
         0, also when stopped by a signal.
 
     Raises:
-        ConfigError: a malformed endpoint.
-        StartupError: an endpoint cannot be bound or connected, or (``--once``) a file cannot be read.
+        ConfigError: a malformed endpoint, or a topic template that gives an empty topic.
+        StartupError: an endpoint cannot be bound or connected, or (``--once``) a file cannot be
+            read.
     """
     host = settings.host or socket.gethostname()
     followers = [FileFollower(s) for s in sources(settings.paths, settings.topic, host)]
+    from_start = settings.from_start or settings.once
     stopper = _Stopper(stop if stop is not None else threading.Event())
     with _closing(followers), (stopper.installed() if stop is None else _nothing()):
-        for f in followers:
-            f.start(from_start=settings.from_start or settings.once, required=settings.once)
+        # Files first: their start offsets are taken now, and --once fails before binding anything.
+        errors = [f.start(from_start=from_start) for f in followers]
+        for f, err in zip(followers, errors):
+            if err is not None and settings.once:
+                raise StartupError(f"cannot read {f.path}: {err.strerror}")
         bind = bool(settings.bind)
         endpoints = settings.bind or settings.connect
         publisher = Publisher(
@@ -683,16 +740,19 @@ def run(settings: TailSettings, *, stop: threading.Event | None = None) -> int:
             source=f"{host}:{os.getpid()}",
         )
         log.info(
-            "publishing %d file(s) %s %s%s",
-            len(followers), "bound to" if bind else "connected to", ", ".join(endpoints),
-            " (once)" if settings.once else "",
+            "tail%s: %d file(s), publishing %s %s",
+            " --once" if settings.once else "", len(followers),
+            "bound to" if bind else "connected to", ", ".join(endpoints),
         )
-        send = _Sender(publisher, stopper, settings.poll_interval)
-        try:
-            if settings.once:
-                _once(followers, send)
+        where = "start" if from_start else "end"
+        for f, err in zip(followers, errors):
+            if err is None:
+                log.info("following %s from its %s as topic %r", f.path, where, f.source.topic)
             else:
-                _follow(followers, send, stopper.event, settings.poll_interval)
+                log.warning("cannot open %s (%s); waiting for it", f.path, err.strerror)
+        try:
+            feeds = [_Feed(f) for f in followers]
+            _pump(feeds, publisher, stopper, settings.poll_interval, settings.once)
         except _Interrupted:
             pass
         finally:

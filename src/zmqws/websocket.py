@@ -55,6 +55,7 @@ log = logging.getLogger("zmqws.websocket")
 CLOSE_GOING_AWAY = 1001
 CLOSE_INVALID_DATA = 1007
 CLOSE_INTERNAL_ERROR = 1011
+EVERYTHING = frozenset((b"",))  # the prefix set of a client that named no topic, shared by all
 
 
 class ConnState(enum.Enum):
@@ -108,7 +109,7 @@ def parse_ws_query(query: str, limits: Limits, max_subscriptions: int) -> tuple[
             if value not in FORMATS:
                 raise ClientError(f"unknown format {value!r}; use {' or '.join(FORMATS)}")
             fmt = value
-    prefixes = frozenset(topics) if topics else frozenset((b"",))
+    prefixes = frozenset(topics) if topics else EVERYTHING
     if len(prefixes) > max_subscriptions:
         raise ClientError(f"{len(prefixes)} topics, the limit is {max_subscriptions}")
     return fmt, prefixes
@@ -120,6 +121,11 @@ def _topic_list(prefixes: Iterable[bytes]) -> list[str]:
 
 class Connection(asyncio.Protocol):
     """One TCP connection to the gateway's port: a page request or a WebSocket client."""
+
+    # Slots: thousands of idle connections each cost this object (DESIGN.md principle 3).
+    __slots__ = ("host", "id", "state", "proto", "transport", "outbox", "prefixes", "peer",
+                 "refused", "opened", "timer", "ping_sent", "last_ping", "fragments", "utf8",
+                 "debug")
 
     def __init__(self, host: ConnectionHost) -> None:
         self.host = host
@@ -289,6 +295,9 @@ class Connection(asyncio.Protocol):
             except ClientError as exc:
                 response = proto.reject(400, f"{exc}\n")
         proto.send_response(response)
+        # The library's parser keeps the request alive for the connection's lifetime; its
+        # headers are the largest part of an idle connection's memory and are not needed again.
+        request.headers.clear()
         if response.status_code == 101:
             self._open(fmt, prefixes)
 
@@ -301,8 +310,8 @@ class Connection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=s.client_buffer // 2, low=s.client_buffer // 8)
         self.outbox = Outbox(self.transport.write, self.close, s.client_buffer // 2,
                              s.slow_client, self.host.hub.stats)
-        self.prefixes = prefixes
         self.host.hub.join(self, self.outbox, fmt, prefixes)
+        self.prefixes = self.host.hub.index.group_of(self).prefixes  # one shared set per group
         log.info("connection %d: open from %s, format %s, topics %s",
                  self.id, self.peer, fmt, _topic_list(prefixes))
 
@@ -380,8 +389,8 @@ class Connection(asyncio.Protocol):
             new = self.prefixes.difference(cmd.topics)
             op = "unsubscribed"
         if new != self.prefixes:
-            self.prefixes = new
             self.host.hub.resubscribe(self, new)
+            self.prefixes = self.host.hub.index.group_of(self).prefixes
         return {"op": op, "topics": _topic_list(new)}
 
     # -- keepalive ----------------------------------------------------------------------------

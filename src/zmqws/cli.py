@@ -81,6 +81,9 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    metavar="SECONDS", help="time given to the closing handshake and to shutdown")
     p.add_argument("--rcvhwm", type=int, default=d["rcvhwm"].default, metavar="N",
                    help="messages the SUB socket queues before publishers feel backpressure")
+    p.add_argument("--echo", action="store_true",
+                   help="also serve /echo, a WebSocket echo endpoint using the same connection "
+                   "code as /ws (for conformance suites such as Autobahn)")
     p.set_defaults(run=_run_gateway)
 
 
@@ -95,6 +98,7 @@ def _run_gateway(a: argparse.Namespace) -> int:
         max_subscriptions=a.max_subscriptions, max_topic=a.max_topic,
         handshake_timeout=a.handshake_timeout, ping_interval=a.ping_interval,
         ping_timeout=a.ping_timeout, close_timeout=a.close_timeout, rcvhwm=a.rcvhwm,
+        echo=a.echo,
     )
     return run(s)
 
@@ -132,6 +136,9 @@ def _add_tail(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                    help="how often files are checked for growth, rotation and truncation")
     p.add_argument("--linger", type=float, default=30.0, metavar="SECONDS",
                    help="at exit, how long to wait for queued lines to be sent")
+    p.add_argument("--state", default=None, metavar="FILE",
+                   help="save how far each file was handed over here, and resume from it after "
+                   "a crash or restart (each line exactly once, with the aggregator)")
     p.set_defaults(run=_run_tail)
 
 
@@ -141,7 +148,7 @@ def _run_tail(a: argparse.Namespace) -> int:
     return run(config.TailSettings(
         paths=tuple(a.paths), bind=tuple(a.bind), connect=tuple(a.connect), topic=a.topic,
         host=a.host, from_start=a.from_start, once=a.once, poll_interval=a.poll_interval,
-        linger=a.linger,
+        linger=a.linger, state=a.state,
     ))
 
 

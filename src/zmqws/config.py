@@ -101,6 +101,7 @@ class GatewaySettings:
     ping_timeout: float = DEFAULT_PING_TIMEOUT
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     rcvhwm: int = DEFAULT_RCVHWM
+    echo: bool = False
     host: str = field(init=False, default="")
     port: int = field(init=False, default=0)
 
@@ -155,6 +156,7 @@ class TailSettings:
     once: bool = False
     poll_interval: float = 0.2
     linger: float = 30.0
+    state: str | None = None
 
     def __post_init__(self) -> None:
         if not self.paths:

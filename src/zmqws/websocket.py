@@ -125,7 +125,7 @@ class Connection(asyncio.Protocol):
     # Slots: thousands of idle connections each cost this object (DESIGN.md principle 3).
     __slots__ = ("host", "id", "state", "proto", "transport", "outbox", "prefixes", "peer",
                  "refused", "opened", "timer", "ping_sent", "last_ping", "fragments", "utf8",
-                 "debug")
+                 "debug", "echo")
 
     def __init__(self, host: ConnectionHost) -> None:
         self.host = host
@@ -145,6 +145,7 @@ class Connection(asyncio.Protocol):
         self.fragments: list[bytes] | None = None
         self.utf8: codecs.IncrementalDecoder | None = None
         self.debug = log.isEnabledFor(logging.DEBUG)
+        self.echo = False
 
     def _to(self, new: ConnState) -> None:
         if new not in _TRANSITIONS[self.state]:
@@ -283,7 +284,8 @@ class Connection(asyncio.Protocol):
                 {"Retry-After": "5"},
             ))
             return
-        if path != "/ws":
+        echo = path == "/echo" and self.host.settings.echo
+        if path != "/ws" and not echo:
             proto.send_response(respond(path, self.host.static, self.host.health))
             return
         response = proto.accept(request)
@@ -294,6 +296,13 @@ class Connection(asyncio.Protocol):
                 )
             except ClientError as exc:
                 response = proto.reject(400, f"{exc}\n")
+        if echo and response.status_code == 101:
+            # Conformance suites (Autobahn) test the same connection code as /ws, minus the hub.
+            proto.send_response(response)
+            request.headers.clear()
+            self._to(ConnState.OPEN)
+            self.opened = self.echo = True
+            return
         proto.send_response(response)
         # The library's parser keeps the request alive for the connection's lifetime; its
         # headers are the largest part of an idle connection's memory and are not needed again.
@@ -354,13 +363,19 @@ class Connection(asyncio.Protocol):
         return True
 
     def _on_message(self, is_text: bool, data: bytes) -> None:
+        text = ""
+        if is_text:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:  # RFC 6455 §8.1
+                self.proto.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
+                return
+        if self.echo:
+            if self.proto.state is State.OPEN:
+                (self.proto.send_text if is_text else self.proto.send_binary)(data)
+            return
         if not is_text:
             self._send_json(_error(CommandError("commands are JSON text messages, not binary")))
-            return
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            self.proto.fail(CLOSE_INVALID_DATA, "invalid UTF-8 in a text message")
             return
         try:
             reply = self._execute(text)

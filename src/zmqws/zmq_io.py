@@ -35,9 +35,10 @@ PGM_HELP = (
 _TCP = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.%\w]+\]|[\w.\-;%:]+?):(\*|\d{1,5})$")
 
 # DESIGN.md principle 2: drain what is ready, but give the loop back at least every 1,000
-# messages or 4 MiB so WebSocket reads, pings and new connections are never starved.
+# messages or 256 KiB so WebSocket reads, pings and new connections are never starved, and
+# one batch adds at most 256 KiB above a client's buffer cap (principle 3).
 DEFAULT_BATCH = 1000
-DEFAULT_BATCH_BYTES = 4 << 20
+DEFAULT_BATCH_BYTES = 256 << 10
 
 
 def check_endpoint(endpoint: str) -> str:

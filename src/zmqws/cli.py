@@ -81,6 +81,19 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    metavar="SECONDS", help="time given to the closing handshake and to shutdown")
     p.add_argument("--rcvhwm", type=int, default=d["rcvhwm"].default, metavar="N",
                    help="messages the SUB socket queues before publishers feel backpressure")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="also accept browsers from this exact origin, e.g. https://app.example.com "
+                   "(repeatable; * accepts any). Without it: the gateway's own page and "
+                   "non-browser clients only")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="require a bearer token: one per line in FILE, each granting every topic")
+    p.add_argument("--jwt-secret-file", default=None, metavar="FILE",
+                   help="require a bearer token: HS256 JWTs signed with the secret in FILE, "
+                   "granting the topic prefixes of their subscribe and publish claims")
+    p.add_argument("--certfile", default=None, metavar="FILE",
+                   help="serve https and wss with this certificate chain (PEM)")
+    p.add_argument("--keyfile", default=None, metavar="FILE",
+                   help="the private key of --certfile (PEM)")
     p.add_argument("--echo", action="store_true",
                    help="also serve /echo, a WebSocket echo endpoint using the same connection "
                    "code as /ws (for conformance suites such as Autobahn)")
@@ -98,7 +111,8 @@ def _run_gateway(a: argparse.Namespace) -> int:
         max_subscriptions=a.max_subscriptions, max_topic=a.max_topic,
         handshake_timeout=a.handshake_timeout, ping_interval=a.ping_interval,
         ping_timeout=a.ping_timeout, close_timeout=a.close_timeout, rcvhwm=a.rcvhwm,
-        echo=a.echo,
+        echo=a.echo, allow_origin=tuple(a.allow_origin), token_file=a.token_file,
+        jwt_secret_file=a.jwt_secret_file, certfile=a.certfile, keyfile=a.keyfile,
     )
     return run(s)
 

@@ -72,6 +72,14 @@ def _positive(flag: str, value: float, *, zero_ok: bool = False) -> None:
         raise ConfigError(f"{flag}: {value!r} is not allowed, it must be {allowed}")
 
 
+def _read(flag: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+
+
 def _endpoints(flag: str, values: tuple[str, ...]) -> None:
     for v in values:
         try:
@@ -102,8 +110,15 @@ class GatewaySettings:
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     rcvhwm: int = DEFAULT_RCVHWM
     echo: bool = False
+    allow_origin: tuple[str, ...] = ()
+    token_file: str | None = None
+    jwt_secret_file: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
     host: str = field(init=False, default="")
     port: int = field(init=False, default=0)
+    tokens: tuple[str, ...] = field(init=False, default=())
+    jwt_secret: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if not self.bind and not self.connect:
@@ -136,6 +151,34 @@ class GatewaySettings:
             _positive(flag, value)
         _positive("--ping-interval", self.ping_interval, zero_ok=True)
         _positive("--rcvhwm", self.rcvhwm, zero_ok=True)
+        for origin in self.allow_origin:
+            if origin != "*" and (origin == "null" or "://" not in origin or origin.endswith("/")):
+                raise ConfigError(
+                    f"--allow-origin: {origin!r} is not an origin; use SCHEME://HOST[:PORT] "
+                    "exactly as browsers send it (e.g. https://example.com), or *"
+                )
+        if self.token_file:
+            tokens = tuple(t for t in _read("--token-file", self.token_file).split() if t)
+            if not tokens:
+                raise ConfigError(f"--token-file: {self.token_file} holds no token")
+            object.__setattr__(self, "tokens", tokens)
+        if self.jwt_secret_file:
+            secret = _read("--jwt-secret-file", self.jwt_secret_file).strip()
+            if len(secret) < 32:
+                raise ConfigError(
+                    f"--jwt-secret-file: the secret in {self.jwt_secret_file} is {len(secret)} "
+                    "characters; use at least 32 (e.g. `openssl rand -hex 32`)"
+                )
+            object.__setattr__(self, "jwt_secret", secret)
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("--certfile and --keyfile go together: give both for TLS")
+        for flag, path in (("--certfile", self.certfile), ("--keyfile", self.keyfile)):
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{flag}: no such file: {path}")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.certfile)
 
     @property
     def publishing(self) -> bool:

@@ -17,11 +17,13 @@ import errno
 import logging
 import os
 import signal
+import ssl
 import time
 from typing import Any
 
 import zmq
 
+from .access import Authenticator
 from .commands import Limits
 from .config import GatewaySettings
 from .exceptions import CommandError, StartupError
@@ -52,6 +54,7 @@ class Gateway:
         self.limits = Limits(max_topic=settings.max_topic,
                              max_topics_per_command=settings.max_subscriptions)
         self.static = StaticFiles()
+        self.authenticator = Authenticator(settings.tokens, settings.jwt_secret)
         self.connections: set[Connection] = set()
         self.ctx = zmq.Context()
         self.input: SubscriberInput | None = None
@@ -142,9 +145,18 @@ class Gateway:
                 pub.close(linger=0)
                 raise
             self.pub = pub
+        ssl_context = None
+        if s.tls:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                ssl_context.load_cert_chain(s.certfile, s.keyfile)  # type: ignore[arg-type]
+            except (ssl.SSLError, OSError) as exc:
+                raise StartupError(f"cannot load --certfile/--keyfile: {exc}") from None
         try:
             self.server = await loop.create_server(
-                lambda: Connection(self), s.host, s.port, backlog=1024, reuse_address=True
+                lambda: Connection(self), s.host, s.port, backlog=1024, reuse_address=True,
+                ssl=ssl_context,
+                ssl_handshake_timeout=s.handshake_timeout if ssl_context else None,
             )
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -159,8 +171,8 @@ class Gateway:
         self.input.start(loop)
         if s.ping_interval > 0:
             self._schedule_keepalive()
-        log.info("listening on http://%s:%d/ (WebSocket at /ws); ZeroMQ input: %s",
-                 self.address[0], self.address[1],
+        log.info("listening on %s://%s:%d/ (WebSocket at /ws); ZeroMQ input: %s",
+                 "https" if s.tls else "http", self.address[0], self.address[1],
                  ", ".join([f"bind {e}" for e in s.bind] + [f"connect {e}" for e in s.connect]))
 
     def _schedule_keepalive(self) -> None:
@@ -232,7 +244,8 @@ async def _serve(settings: GatewaySettings) -> int:
         raise
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    print(f"zmqws gateway: live page at http://{_url_host(gateway.address[0])}:{gateway.address[1]}/",
+    scheme = "https" if settings.tls else "http"
+    print(f"zmqws gateway: live page at {scheme}://{_url_host(gateway.address[0])}:{gateway.address[1]}/",
           flush=True)
     await gateway.wait_stopped()
     log.info("shutting down")

@@ -35,6 +35,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from .access import FULL, AccessDenied, Authenticator, Grant, bearer, origin_allowed
 from .commands import Limits, Ping, Publish, Subscribe, Unsubscribe, parse_command
 from .config import GatewaySettings
 from .exceptions import ClientError, CommandError
@@ -81,6 +82,7 @@ class ConnectionHost(TypingProtocol):
     static: StaticFiles
     connections: set[Connection]
     limits: Limits
+    authenticator: Authenticator
 
     def health(self) -> object: ...
 
@@ -91,11 +93,14 @@ class ConnectionHost(TypingProtocol):
     def forget(self, conn: Connection) -> None: ...
 
 
-def parse_ws_query(query: str, limits: Limits, max_subscriptions: int) -> tuple[str, frozenset[bytes]]:
-    """``topic=...&format=...`` → ``(format, prefixes)``; no topic means everything (``{b""}``).
+def parse_ws_query(
+    query: str, limits: Limits, max_subscriptions: int, grant: Grant = FULL
+) -> tuple[str, frozenset[bytes]]:
+    """``topic=...&format=...`` → ``(format, prefixes)``; no topic means all the grant allows.
 
     Raises:
         ClientError: an unknown format, too many or too long topics (answered with 400).
+        AccessDenied: a topic outside the client's grant (403).
     """
     fmt = "json"
     topics: list[bytes] = []
@@ -104,15 +109,29 @@ def parse_ws_query(query: str, limits: Limits, max_subscriptions: int) -> tuple[
             raw = value.encode("utf-8", "surrogateescape")
             if len(raw) > limits.max_topic:
                 raise ClientError(f"topic is {len(raw)} bytes long, the limit is {limits.max_topic}")
+            if not grant.may_subscribe(raw):
+                raise AccessDenied(403, f"this token may not subscribe to {value!r}")
             topics.append(raw)
         elif key == "format":
             if value not in FORMATS:
                 raise ClientError(f"unknown format {value!r}; use {' or '.join(FORMATS)}")
             fmt = value
-    prefixes = frozenset(topics) if topics else EVERYTHING
+    if topics:
+        prefixes = frozenset(topics)
+    elif grant is FULL:
+        prefixes = EVERYTHING
+    else:
+        prefixes = grant.default_prefixes()
     if len(prefixes) > max_subscriptions:
         raise ClientError(f"{len(prefixes)} topics, the limit is {max_subscriptions}")
     return fmt, prefixes
+
+
+def _query_value(query: str, name: str) -> str | None:
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == name:
+            return value
+    return None
 
 
 def _topic_list(prefixes: Iterable[bytes]) -> list[str]:
@@ -125,7 +144,7 @@ class Connection(asyncio.Protocol):
     # Slots: thousands of idle connections each cost this object (DESIGN.md principle 3).
     __slots__ = ("host", "id", "state", "proto", "transport", "outbox", "prefixes", "peer",
                  "refused", "opened", "timer", "ping_sent", "last_ping", "fragments", "utf8",
-                 "debug", "echo")
+                 "debug", "echo", "grant")
 
     def __init__(self, host: ConnectionHost) -> None:
         self.host = host
@@ -146,6 +165,7 @@ class Connection(asyncio.Protocol):
         self.utf8: codecs.IncrementalDecoder | None = None
         self.debug = log.isEnabledFor(logging.DEBUG)
         self.echo = False
+        self.grant = FULL
 
     def _to(self, new: ConnState) -> None:
         if new not in _TRANSITIONS[self.state]:
@@ -291,9 +311,15 @@ class Connection(asyncio.Protocol):
         response = proto.accept(request)
         if response.status_code == 101:
             try:
+                self._check_access(request, query)
                 fmt, prefixes = parse_ws_query(
-                    query, self.host.limits, self.host.settings.max_subscriptions
+                    query, self.host.limits, self.host.settings.max_subscriptions, self.grant
                 )
+            except AccessDenied as exc:
+                log.info("connection %d: refused (%d): %s", self.id, exc.status, exc)
+                response = proto.reject(exc.status, f"{exc}\n")
+                if exc.status == 401:
+                    response.headers["WWW-Authenticate"] = 'Bearer realm="zmqws"'
             except ClientError as exc:
                 response = proto.reject(400, f"{exc}\n")
         if echo and response.status_code == 101:
@@ -309,6 +335,15 @@ class Connection(asyncio.Protocol):
         request.headers.clear()
         if response.status_code == 101:
             self._open(fmt, prefixes)
+
+    def _check_access(self, request: Request, query: str) -> None:
+        """Origin first (403), then the credential (401); sets this connection's grant."""
+        headers = request.headers
+        origin = headers.get("Origin")
+        if not origin_allowed(origin, headers.get("Host"), self.host.settings.allow_origin):
+            raise AccessDenied(403, f"origin {origin!r} is not allowed (see --allow-origin)")
+        credential = bearer(headers.get("Authorization"), _query_value(query, "access_token"))
+        self.grant = self.host.authenticator.authenticate(credential)
 
     def _open(self, fmt: str, prefixes: frozenset[bytes]) -> None:
         self._to(ConnState.OPEN)
@@ -388,11 +423,18 @@ class Connection(asyncio.Protocol):
         if isinstance(cmd, Ping):
             return cmd.reply()
         if isinstance(cmd, Publish):
+            if not self.grant.may_publish(cmd.topic):
+                raise CommandError(f"this token may not publish to {cmd.topic.decode()!r}",
+                                   code="forbidden")
             self.host.publish(cmd.topic, cmd.data)
             return {"op": "published", "topic": cmd.topic.decode("utf-8")}
         if self.state is not ConnState.OPEN:
             raise CommandError("the connection is closing")
         if isinstance(cmd, Subscribe):
+            denied = [t for t in cmd.topics if not self.grant.may_subscribe(t)]
+            if denied:
+                raise CommandError(f"this token may not subscribe to {denied[0].decode()!r}",
+                                   code="forbidden")
             new = self.prefixes.union(cmd.topics)
             limit = self.host.settings.max_subscriptions
             if len(new) > limit:

@@ -168,6 +168,10 @@
     if (base.endsWith("/static/")) base = base.slice(0, -"static/".length);
     const q = new URLSearchParams();
     if (!isAll(subs)) for (const t of subs) q.append("topic", t);
+    // A gateway that requires a token: the page passes on its own ?access_token= (browsers
+    // cannot set an Authorization header on a WebSocket).
+    const token = new URLSearchParams(location.search).get("access_token");
+    if (token) q.append("access_token", token);
     const qs = q.toString();
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     return scheme + "//" + location.host + base + "ws" + (qs ? "?" + qs : "");

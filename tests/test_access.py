@@ -10,7 +10,7 @@ import time
 import jwt
 import pytest
 import websocket
-from conftest import UNIT, GatewayProc
+from conftest import UNIT, GatewayProc, zmqws_cmd
 
 from zmqws.access import FULL, AccessDenied, Authenticator, Grant, bearer, origin_allowed
 
@@ -145,3 +145,41 @@ class TestEndToEnd:
         with pytest.raises((websocket.WebSocketException, ConnectionError, OSError)):
             connect(gw)
         assert gw.proc.poll() is None
+
+
+class TestCurve:
+    def test_only_authorized_producers_can_publish_into_the_gateway(self, gateway_factory,
+                                                                    tmp_path) -> None:
+        from zmqws import NoSubscriberError, Publisher
+        from zmqws.config import producer_curve
+        from zmqws.zmq_io import make_curve_keys
+
+        keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+        allowed.mkdir()
+        make_curve_keys(str(keys), "gateway")
+        good_pub, _ = make_curve_keys(str(keys), "good")
+        make_curve_keys(str(keys), "bad")
+        (allowed / "good.key").write_bytes(open(good_pub, "rb").read())
+        r = subprocess.run(zmqws_cmd("keygen", str(keys), "cli"), capture_output=True,
+                           text=True)
+        assert r.returncode == 0 and (keys / "cli.key_secret").exists()
+        gw = gateway_factory("--curve-secret-key", str(keys / "gateway.key_secret"),
+                             "--curve-authorized", str(allowed))
+        ws = connect(gw, "?topic=secure")
+        gw.wait_subscribed("secure")
+        server_key = str(keys / "gateway.key")
+        bad = Publisher(gw.zmq_endpoint, subscriber_timeout=2 * UNIT, linger=0,
+                        curve=producer_curve(server_key, str(keys / "bad.key_secret")))
+        plain = Publisher(gw.zmq_endpoint, subscriber_timeout=2 * UNIT, linger=0)
+        good = Publisher(gw.zmq_endpoint, subscriber_timeout=10 * UNIT, linger=0,
+                         curve=producer_curve(server_key, str(keys / "good.key_secret")))
+        try:
+            for refused_pub in (bad, plain):  # never sees the gateway's subscription
+                with pytest.raises(NoSubscriberError):
+                    refused_pub.send("secure", "forged")
+            good.send("secure", "genuine")
+            assert json.loads(ws.recv())["data"] == "genuine"
+            assert gw.health()["messages_in"] == 1
+        finally:
+            for p in (bad, plain, good):
+                p.close()

@@ -94,6 +94,12 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="serve https and wss with this certificate chain (PEM)")
     p.add_argument("--keyfile", default=None, metavar="FILE",
                    help="the private key of --certfile (PEM)")
+    p.add_argument("--curve-secret-key", default=None, metavar="FILE",
+                   help="encrypt the ZeroMQ input with CURVE: the gateway's key pair "
+                   "(NAME.key_secret from `zmqws keygen`); producers need its public key")
+    p.add_argument("--curve-authorized", default=None, metavar="DIR",
+                   help="with --curve-secret-key: accept only producers whose public key "
+                   "(NAME.key) is in DIR (default: any producer that speaks CURVE)")
     p.add_argument("--echo", action="store_true",
                    help="also serve /echo, a WebSocket echo endpoint using the same connection "
                    "code as /ws (for conformance suites such as Autobahn)")
@@ -113,11 +119,17 @@ def _run_gateway(a: argparse.Namespace) -> int:
         ping_timeout=a.ping_timeout, close_timeout=a.close_timeout, rcvhwm=a.rcvhwm,
         echo=a.echo, allow_origin=tuple(a.allow_origin), token_file=a.token_file,
         jwt_secret_file=a.jwt_secret_file, certfile=a.certfile, keyfile=a.keyfile,
+        curve_secret_key=a.curve_secret_key, curve_authorized=a.curve_authorized,
     )
     return run(s)
 
 
 def _endpoint_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--curve-server-key", default=None, metavar="FILE",
+                   help="encrypt with CURVE to a gateway started with --curve-secret-key: its "
+                   "public key (NAME.key)")
+    p.add_argument("--curve-secret-key", default=None, metavar="FILE",
+                   help="with --curve-server-key: this producer's key pair (NAME.key_secret)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--connect", action="append", default=[], metavar="ENDPOINT",
                    help=f"connect to a {what} (repeatable)")
@@ -162,7 +174,8 @@ def _run_tail(a: argparse.Namespace) -> int:
     return run(config.TailSettings(
         paths=tuple(a.paths), bind=tuple(a.bind), connect=tuple(a.connect), topic=a.topic,
         host=a.host, from_start=a.from_start, once=a.once, poll_interval=a.poll_interval,
-        linger=a.linger, state=a.state,
+        linger=a.linger, state=a.state, curve_server_key=a.curve_server_key,
+        curve_secret_key=a.curve_secret_key,
     ))
 
 
@@ -189,7 +202,7 @@ def _run_publish(a: argparse.Namespace) -> int:
 
     return run_publish(config.PublishSettings(
         topic=a.topic, data=a.data, bind=tuple(a.bind), connect=tuple(a.connect), wait=a.wait,
-        linger=a.linger,
+        linger=a.linger, curve_server_key=a.curve_server_key, curve_secret_key=a.curve_secret_key,
     ))
 
 
@@ -253,6 +266,30 @@ def _run_demo(a: argparse.Namespace) -> int:
                                    duration=a.duration))
 
 
+def _add_keygen(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "keygen",
+        help="make a CURVE key pair for the gateway or a producer",
+        description="Write DIR/NAME.key (the public key: hand it out) and DIR/NAME.key_secret "
+        "(the key pair: keep it private) for ZeroMQ CURVE encryption and authentication.",
+        formatter_class=_fmt(),
+    )
+    p.add_argument("dir", metavar="DIR", help="folder to write the key files to")
+    p.add_argument("name", metavar="NAME", help="name of the key files, e.g. gateway or web-1")
+    p.set_defaults(run=_run_keygen)
+
+
+def _run_keygen(a: argparse.Namespace) -> int:
+    from .zmq_io import make_curve_keys
+
+    try:
+        public, secret = make_curve_keys(a.dir, a.name)
+    except OSError as exc:
+        raise StartupError(f"cannot write keys to {a.dir}: {exc.strerror}") from None
+    print(f"public key: {public}\nkey pair (keep private): {secret}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``zmqws`` command line (used by ``main`` and by the docs' check)."""
     parser = _Parser(
@@ -269,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_publish(sub)
     _add_consume(sub)
     _add_demo(sub)
+    _add_keygen(sub)
     return parser
 
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from .exceptions import ConfigError
-from .zmq_io import check_endpoint
+from .zmq_io import CurveKeys, check_endpoint, load_curve_keys, load_public_key
 
 __all__ = [
     "GatewaySettings",
@@ -21,6 +21,7 @@ __all__ = [
     "ConsumeSettings",
     "DemoSettings",
     "parse_listen",
+    "producer_curve",
     "SLOW_CLIENT_POLICIES",
 ]
 
@@ -115,10 +116,13 @@ class GatewaySettings:
     jwt_secret_file: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+    curve_secret_key: str | None = None
+    curve_authorized: str | None = None
     host: str = field(init=False, default="")
     port: int = field(init=False, default=0)
     tokens: tuple[str, ...] = field(init=False, default=())
     jwt_secret: str | None = field(init=False, default=None)
+    curve: CurveKeys | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if not self.bind and not self.connect:
@@ -175,6 +179,14 @@ class GatewaySettings:
         for flag, path in (("--certfile", self.certfile), ("--keyfile", self.keyfile)):
             if path and not os.path.isfile(path):
                 raise ConfigError(f"{flag}: no such file: {path}")
+        if self.curve_authorized and not self.curve_secret_key:
+            raise ConfigError("--curve-authorized needs --curve-secret-key (the gateway's key pair)")
+        if self.curve_secret_key:
+            public, secret = load_curve_keys("--curve-secret-key", self.curve_secret_key)
+            if self.curve_authorized and not os.path.isdir(self.curve_authorized):
+                raise ConfigError(f"--curve-authorized: no such directory: {self.curve_authorized}")
+            object.__setattr__(self, "curve", CurveKeys(public, secret,
+                                                        authorized=self.curve_authorized))
 
     @property
     def tls(self) -> bool:
@@ -184,6 +196,16 @@ class GatewaySettings:
     def publishing(self) -> bool:
         """True when clients may publish into ZeroMQ."""
         return bool(self.publish_bind or self.publish_connect)
+
+
+def producer_curve(server_key: str | None, secret_key: str | None) -> CurveKeys | None:
+    """CURVE client keys of a producer (``--curve-server-key`` with ``--curve-secret-key``)."""
+    if not server_key and not secret_key:
+        return None
+    if not (server_key and secret_key):
+        raise ConfigError("--curve-server-key and --curve-secret-key go together")
+    public, secret = load_curve_keys("--curve-secret-key", secret_key)
+    return CurveKeys(public, secret, server_key=load_public_key("--curve-server-key", server_key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +222,13 @@ class TailSettings:
     poll_interval: float = 0.2
     linger: float = 30.0
     state: str | None = None
+    curve_server_key: str | None = None
+    curve_secret_key: str | None = None
+    curve: CurveKeys | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "curve", producer_curve(self.curve_server_key,
+                                                         self.curve_secret_key))
         if not self.paths:
             raise ConfigError("tail needs at least one PATH to follow")
         if bool(self.bind) == bool(self.connect):
@@ -235,8 +262,13 @@ class PublishSettings:
     connect: tuple[str, ...] = ()
     wait: float = 10.0
     linger: float = 30.0
+    curve_server_key: str | None = None
+    curve_secret_key: str | None = None
+    curve: CurveKeys | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "curve", producer_curve(self.curve_server_key,
+                                                         self.curve_secret_key))
         if bool(self.bind) == bool(self.connect):
             raise ConfigError("publish needs exactly one of --bind ENDPOINT or --connect ENDPOINT")
         _endpoints("--bind", self.bind)

@@ -22,6 +22,8 @@ import time
 from typing import Any
 
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
 from .access import Authenticator
 from .commands import Limits
@@ -69,6 +71,7 @@ class Gateway:
         self._stopping: asyncio.Event | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._all_gone: asyncio.Event | None = None
+        self.authenticator_thread: ThreadAuthenticator | None = None
 
     # -- wiring -------------------------------------------------------------------------------
 
@@ -133,8 +136,14 @@ class Gateway:
         s = self.settings
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        if s.curve is not None:
+            # ZAP handler for CURVE: one thread for the whole gateway, in libzmq's auth protocol.
+            self.authenticator_thread = ThreadAuthenticator(self.ctx, log=log)
+            self.authenticator_thread.start()
+            self.authenticator_thread.configure_curve(
+                domain="*", location=s.curve.authorized or zmq.auth.CURVE_ALLOW_ANY)
         self.input = SubscriberInput(self.ctx, bind=s.bind, connect=s.connect,
-                                     on_batch=self.hub.dispatch, rcvhwm=s.rcvhwm)
+                                     on_batch=self.hub.dispatch, rcvhwm=s.rcvhwm, curve=s.curve)
         if s.publishing:
             pub = self.ctx.socket(zmq.PUB)
             pub.setsockopt(zmq.LINGER, 1000)
@@ -186,6 +195,15 @@ class Gateway:
 
         self._keepalive = loop.call_later(tick, turn)
 
+    def close_zmq(self) -> None:
+        if self.input is not None:
+            self.input.close()
+        if self.pub is not None:
+            self.pub.close(linger=0)
+        if self.authenticator_thread is not None:
+            self.authenticator_thread.stop()
+        self.ctx.term()
+
     def stop(self) -> None:
         """Ask for an orderly shutdown (signal handlers call this)."""
         if self._stopping is not None:
@@ -218,7 +236,7 @@ class Gateway:
                 conn.transport.abort()
         if self.pub is not None:
             self.pub.close(linger=0)
-        self.ctx.term()
+        self.close_zmq()
         log.info("stopped: %d messages in, %d deliveries", self.hub.stats.messages_in,
                  self.hub.stats.deliveries)
 
@@ -236,11 +254,7 @@ async def _serve(settings: GatewaySettings) -> int:
     try:
         await gateway.start()
     except BaseException:
-        if gateway.input is not None:
-            gateway.input.close()
-        if gateway.pub is not None:
-            gateway.pub.close(linger=0)
-        gateway.ctx.term()
+        gateway.close_zmq()
         raise
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)

@@ -26,7 +26,7 @@ import zmq
 from .config import PublishSettings
 from .envelope import encode_meta
 from .exceptions import ZmqwsError
-from .zmq_io import attach, check_endpoint
+from .zmq_io import CurveKeys, apply_curve, attach, check_endpoint
 
 __all__ = ["Publisher", "NoSubscriberError", "run_publish"]
 
@@ -66,6 +66,8 @@ class Publisher:
             sent into the void).
         sndhwm: messages queued per subscriber before :meth:`send` blocks.
         linger: seconds :meth:`close` waits for queued messages to be handed to the network.
+        curve: CURVE keys (:func:`zmqws.config.producer_curve`): encrypt, and authenticate this
+            producer to a gateway started with ``--curve-secret-key``.
 
     Raises:
         ConfigError: a malformed endpoint.
@@ -82,6 +84,7 @@ class Publisher:
         lossless: bool = False,
         sndhwm: int = DEFAULT_SNDHWM,
         linger: float = DEFAULT_LINGER,
+        curve: CurveKeys | None = None,
     ) -> None:
         endpoints = [endpoint] if isinstance(endpoint, str) else list(endpoint)
         for ep in endpoints:
@@ -103,6 +106,7 @@ class Publisher:
         self._sock.setsockopt(zmq.SNDHWM, sndhwm)
         self._sock.setsockopt(zmq.XPUB_NODROP, 1)
         self._sock.setsockopt(zmq.LINGER, self._linger_ms)
+        apply_curve(self._sock, curve)
         try:
             attach(self._sock, endpoints, bind=bind)
         except BaseException:
@@ -312,6 +316,7 @@ def run_publish(settings: PublishSettings) -> int:
         bind=bool(settings.bind),
         subscriber_timeout=settings.wait,
         linger=settings.linger,
+        curve=settings.curve,
     ) as pub:
         if settings.wait > 0 and not pub.wait_for_subscriber(topic, settings.wait):
             print(

@@ -10,14 +10,22 @@ awaited future per message costs dozens of times more than this drain.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import zmq
+import zmq.auth
 
 from .exceptions import ConfigError, StartupError
 
 __all__ = [
+    "CurveKeys",
+    "load_curve_keys",
+    "make_curve_keys",
+    "load_public_key",
+    "apply_curve",
     "check_endpoint",
     "attach",
     "SubscriberInput",
@@ -39,6 +47,63 @@ _TCP = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.%\w]+\]|[\w.\-;%:]+?):(\*|\d{1,5})$
 # one batch adds at most 256 KiB above a client's buffer cap (principle 3).
 DEFAULT_BATCH = 1000
 DEFAULT_BATCH_BYTES = 256 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class CurveKeys:
+    """CURVE settings of one socket (ZeroMQ's CurveZMQ: encryption and authentication).
+
+    As a server (``server_key`` None): ``secret``/``public`` are this socket's key pair and
+    ``authorized`` a folder of the public keys allowed in (None: any client that speaks CURVE).
+    As a client: ``server_key`` is the server's public key.
+    """
+
+    public: bytes
+    secret: bytes
+    server_key: bytes | None = None
+    authorized: str | None = None
+
+
+def load_curve_keys(flag: str, keypair_file: str) -> tuple[bytes, bytes]:
+    """A key pair from a ``.key_secret`` file made by ``zmqws keygen``.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or holds no secret key.
+    """
+    try:
+        public, secret = zmq.auth.load_certificate(keypair_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{flag}: cannot read a key pair from {keypair_file}: {exc}") from None
+    if not secret:
+        raise ConfigError(f"{flag}: {keypair_file} holds no secret key; give the .key_secret file")
+    return public, secret
+
+
+def load_public_key(flag: str, key_file: str) -> bytes:
+    """A public key from a ``.key`` (or ``.key_secret``) file."""
+    try:
+        public, _ = zmq.auth.load_certificate(key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{flag}: cannot read a public key from {key_file}: {exc}") from None
+    return public
+
+
+def make_curve_keys(folder: str, name: str) -> tuple[str, str]:
+    """Write ``NAME.key`` (public, to hand out) and ``NAME.key_secret`` (keep private)."""
+    os.makedirs(folder, exist_ok=True)
+    return zmq.auth.create_certificates(folder, name)
+
+
+def apply_curve(sock: zmq.Socket, keys: CurveKeys | None) -> None:  # type: ignore[type-arg]
+    """Configure CURVE on ``sock`` before it binds or connects."""
+    if keys is None:
+        return
+    sock.curve_publickey = keys.public
+    sock.curve_secretkey = keys.secret
+    if keys.server_key is None:
+        sock.curve_server = True
+    else:
+        sock.curve_serverkey = keys.server_key
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -116,10 +181,12 @@ class SubscriberInput:
         rcvhwm: int = 100_000,
         batch: int = DEFAULT_BATCH,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
         self.sock.setsockopt(zmq.LINGER, 0)
+        apply_curve(self.sock, curve)
         self.bind = tuple(bind)
         self.connect = tuple(connect)
         try:

@@ -51,9 +51,11 @@ DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_PING_TIMEOUT = 20.0
 # 10 s for the closing handshake: websockets' close_timeout default is 10 s as well.
 DEFAULT_CLOSE_TIMEOUT = 10.0
-# 100,000 messages in the SUB socket's queue: a burst of a few seconds; beyond it ZeroMQ pushes
-# back on publishers (XPUB_NODROP ones block, plain PUB ones drop and zmqws counts the gap).
-DEFAULT_RCVHWM = 100_000
+# 10,000 messages in the SUB socket's queue (libzmq's own default is 1,000): a short burst. The
+# queue is bounded in messages, not bytes, so it holds RCVHWM x message size (10 MiB of 1 KiB
+# lines); past it libzmq stops reading the TCP connection and publishers feel backpressure
+# (XPUB_NODROP ones block, plain PUB ones drop at their SNDHWM and zmqws counts the gap).
+DEFAULT_RCVHWM = 10_000
 
 
 def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:

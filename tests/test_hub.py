@@ -175,3 +175,57 @@ class TestSlowClient:
     def test_idle_outbox_has_no_queue(self) -> None:
         box = Outbox(lambda b: None, lambda c, r: None, 100, "drop", HubStats())
         assert box.queue is None
+
+
+class TestSourceGaps:
+    def test_a_skipped_sequence_number_sends_a_gap_first(self) -> None:
+        hub = Hub()
+        c = join(hub, "json")
+        hub.dispatch([[b"t", b"1", encode_meta("p:1", 1, 0.0)],
+                      [b"t", b"2", encode_meta("p:1", 2, 0.0)],
+                      [b"t", b"5", encode_meta("p:1", 5, 0.0)]])
+        msgs = c.json()
+        assert [m.get("data", m.get("op")) for m in msgs] == ["1", "2", "gap", "5"]
+        assert msgs[2] == {"op": "gap", "source": "p:1", "missed": 2}
+        assert hub.stats.source_missing == 2
+
+    def test_raw_clients_get_the_gap_as_a_text_frame(self) -> None:
+        hub = Hub()
+        c = join(hub, "raw")
+        hub.dispatch([[b"t", b"a", encode_meta("p", 1, 0.0)], [b"t", b"b", encode_meta("p", 3, 0.0)]])
+        assert c.data() == [b"a", b"b"] and c.json() == [{"op": "gap", "source": "p", "missed": 1}]
+
+    def test_sources_are_independent_and_duplicates_are_no_gap(self) -> None:
+        hub = Hub()
+        c = join(hub, "json")
+        hub.dispatch([[b"t", b"x", encode_meta("a", 1, 0.0)], [b"t", b"x", encode_meta("b", 7, 0.0)],
+                      [b"t", b"x", encode_meta("a", 2, 0.0)], [b"t", b"x", encode_meta("a", 2, 0.0)],
+                      [b"t", b"x", encode_meta("b", 8, 0.0)]])
+        assert all("op" not in m for m in c.json()) and hub.stats.source_missing == 0
+
+    def test_foreign_messages_without_numbers_still_flow(self) -> None:
+        hub = Hub()
+        c = join(hub)
+        hub.dispatch([[b"t", b"plain"], [b"t plain one-frame"]])
+        assert c.data() == [b"plain", b"plain one-frame"]
+
+    def test_the_number_of_tracked_sources_is_bounded(self) -> None:
+        hub = Hub()
+        hub.max_sources = 3
+        join(hub)
+        hub.dispatch([[b"t", b"x", encode_meta(f"s{i}", 1, 0.0)] for i in range(10)])
+        assert len(hub.sources) == 3 and hub.stats.untracked_sources == 7
+
+    def test_dropping_a_batch_with_a_gap_reports_both(self) -> None:
+        """What a slow client receives plus what it is told it missed = what was published."""
+        hub = Hub()
+        slow = join(hub, "raw", cap=50)
+        hub._outboxes[slow].pause()
+        hub.dispatch([[b"t", b"a", encode_meta("p", 1, 0.0)]])
+        hub.dispatch([[b"t", b"x" * 60, encode_meta("p", 5, 0.0)]])  # 3 lost upstream
+        hub.dispatch([[b"t", b"b", encode_meta("p", 6, 0.0)]])
+        hub._outboxes[slow].resume()
+        data = slow.data()
+        missed = sum(m["missed"] for m in slow.json())
+        assert len(data) + missed == 6, (data, slow.json())
+        assert hub.stats.deliveries == 3

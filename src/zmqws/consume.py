@@ -2,9 +2,9 @@
 
 Two parts, kept apart (STYLE rule 1):
 
-* :class:`GapCounter` is pure: given each message's ``(source, seq)`` it keeps the last sequence
-  number of every source and says what the new one means (in order, a gap, a duplicate, a restart).
-  It never logs and never raises, so it is tested without sockets.
+* :class:`~zmqws.sequence.GapCounter` (shared with the gateway) is pure: given each message's
+  ``(source, seq)`` it keeps the last sequence number of every source and says what the new one
+  means (in order, a gap, a duplicate, a restart).
 * :func:`run` is the I/O shell: one SUB socket and one wake-up socket for signals, served by one
   ``zmq.Poller`` (STYLE rule 13: the loop waits on events, it never sleeps and looks again).
 
@@ -17,6 +17,14 @@ gateway does (docs/protocol.md); the topic is decoded with replacement character
 a name for people and a lossy one is still useful. ``source`` and ``seq`` are ``null`` for foreign
 producers that send no zmqws metadata frame.
 
+Duplicates are dropped: a message whose ``seq`` is not larger than the last one of its source
+(and not 1, which is a restart) is counted, logged once per run of them, and not written. A
+``zmqws tail --state`` restarted after a crash sends again the lines after its last saved place,
+with the same numbers; dropping them here is what makes each line arrive once (docs/delivery.md).
+A restart (1 again after a larger number, a producer started afresh) is written: its lines are new.
+The summary at exit accounts for every message: for each source, the messages written plus the
+numbers reported missing equal the numbers the source used since the first one seen here.
+
 Why the writes are buffered and when they are flushed: one ``write`` system call per message
 would cost more than everything else this loop does. So lines go through a buffered file, which is
 flushed each time the SUB socket has nothing more ready (a reader of the file sees every line as soon
@@ -26,7 +34,6 @@ as the burst that carried it is over) and at exit, whatever ends the run.
 from __future__ import annotations
 
 import base64
-import enum
 import json
 import logging
 import os
@@ -35,8 +42,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from types import FrameType
 from typing import BinaryIO
 
@@ -45,6 +50,7 @@ import zmq
 from .config import DEFAULT_RCVHWM, ConsumeSettings
 from .envelope import Message, decode
 from .exceptions import MalformedMessage, StartupError
+from .sequence import GapCounter, Observation, SourceStats, Verdict
 from .zmq_io import attach
 
 __all__ = [
@@ -64,166 +70,6 @@ _BATCH = 1000
 # 64 KiB of output between flushes at most: about 500 log lines, far fewer system calls than one
 # per line, and small enough that a burst is on disk within a few milliseconds.
 _OUTPUT_BUFFER = 1 << 16
-
-
-# -- gap counting (pure) ---------------------------------------------------------------------------
-
-
-class Verdict(enum.Enum):
-    """What a sequence number means, given the last one seen from the same source."""
-
-    FIRST = "first"
-    """The first message seen from this source: its number is the baseline, whatever it is (a
-    consumer that starts after its producers cannot know what came before)."""
-    IN_ORDER = "in order"
-    """Exactly the number after the last one."""
-    GAP = "gap"
-    """Larger than the next one expected: the numbers in between were lost on the way."""
-    DUPLICATE = "duplicate"
-    """Not larger than the last one (and not 1): a message seen before, or one that came late.
-    The last number is kept, so a stale message never makes a fake gap later."""
-    RESTART = "restart"
-    """1 again after a larger number: the producer started over (sequence numbers count each
-    source's messages from 1, docs/protocol.md). Counting continues from 1."""
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """The verdict on one ``(source, seq)`` pair.
-
-    Attributes:
-        verdict: what the number means.
-        source: the source it came from.
-        seq: the number.
-        last: the source's last number before this one (``None`` for :attr:`Verdict.FIRST`).
-    """
-
-    verdict: Verdict
-    source: str
-    seq: int
-    last: int | None = None
-
-    @property
-    def missing(self) -> int:
-        """How many numbers were skipped (non-zero only for a gap)."""
-        if self.verdict is Verdict.GAP and self.last is not None:
-            return self.seq - self.last - 1
-        return 0
-
-    @property
-    def missing_range(self) -> tuple[int, int] | None:
-        """The first and last skipped numbers of a gap, else ``None``."""
-        if self.verdict is Verdict.GAP and self.last is not None:
-            return self.last + 1, self.seq - 1
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class SourceStats:
-    """What was seen of one source, for the summary.
-
-    Attributes:
-        source: the source's name.
-        count: messages received (duplicates included).
-        first: the first number seen.
-        last: the number the source has reached (not moved back by duplicates).
-        missing: numbers skipped in gaps.
-        duplicates: messages whose number was not larger than the last one.
-        restarts: times the source started over at 1.
-    """
-
-    source: str
-    count: int
-    first: int
-    last: int
-    missing: int = 0
-    duplicates: int = 0
-    restarts: int = 0
-
-
-@dataclass(slots=True)
-class _SourceState:
-    # Mutable on purpose: updated once per message; SourceStats is the frozen view handed out.
-    count: int
-    first: int
-    last: int
-    missing: int = 0
-    duplicates: int = 0
-    restarts: int = 0
-
-
-class GapCounter:
-    """Counts lost, repeated and restarted sequence numbers, per source.
-
-    Pure and single-threaded: no I/O, no logging, no clock. :meth:`observe` returns an
-    :class:`Observation`; the caller decides what to say about it.
-
-    Memory is one small record per source, whatever the number of messages: only the last
-    number is kept, not the set of numbers seen, so a duplicate is recognised by its number being
-    too small, not by having been seen.
-    """
-
-    def __init__(self) -> None:
-        self._sources: dict[str, _SourceState] = {}
-
-    def observe(self, source: str, seq: int) -> Observation:
-        """Record one message of ``source`` numbered ``seq`` and say what it means."""
-        st = self._sources.get(source)
-        if st is None:
-            self._sources[source] = _SourceState(count=1, first=seq, last=seq)
-            return Observation(Verdict.FIRST, source, seq)
-        last = st.last
-        st.count += 1
-        if seq == last + 1:
-            st.last = seq
-            return Observation(Verdict.IN_ORDER, source, seq, last)
-        if seq > last:
-            st.missing += seq - last - 1
-            st.last = seq
-            return Observation(Verdict.GAP, source, seq, last)
-        if seq == 1:
-            st.restarts += 1
-            st.last = seq
-            return Observation(Verdict.RESTART, source, seq, last)
-        st.duplicates += 1
-        return Observation(Verdict.DUPLICATE, source, seq, last)
-
-    @property
-    def missing(self) -> int:
-        """Numbers skipped, all sources together."""
-        return sum(st.missing for st in self._sources.values())
-
-    @property
-    def duplicates(self) -> int:
-        """Duplicate or late messages, all sources together."""
-        return sum(st.duplicates for st in self._sources.values())
-
-    @property
-    def restarts(self) -> int:
-        """Restarts, all sources together."""
-        return sum(st.restarts for st in self._sources.values())
-
-    def __len__(self) -> int:
-        return len(self._sources)
-
-    def __iter__(self) -> Iterator[SourceStats]:
-        """Every source's statistics, sorted by source name."""
-        for name in sorted(self._sources):
-            st = self._sources[name]
-            yield SourceStats(
-                name, st.count, st.first, st.last, st.missing, st.duplicates, st.restarts
-            )
-
-    def stats(self, source: str) -> SourceStats:
-        """One source's statistics.
-
-        Raises:
-            KeyError: nothing was seen from ``source``.
-        """
-        st = self._sources[source]
-        return SourceStats(
-            source, st.count, st.first, st.last, st.missing, st.duplicates, st.restarts
-        )
 
 
 # -- output ----------------------------------------------------------------------------------------
@@ -255,11 +101,6 @@ def _say(obs: Observation) -> None:
         log.warning(
             "gap from source %s: missing seq %s (%d message%s)",
             obs.source, span, obs.missing, "" if obs.missing == 1 else "s",
-        )
-    elif v is Verdict.DUPLICATE:
-        log.warning(
-            "duplicate or late message from source %s: seq %d, already at %d",
-            obs.source, obs.seq, obs.last,
         )
     elif v is Verdict.RESTART:
         log.warning("source %s restarted: seq 1 after %d", obs.source, obs.last)
@@ -333,6 +174,11 @@ class _Consumer:
         self.out = out
         self.gaps = GapCounter()
         self.messages = 0
+        self.written = 0
+        # Runs of duplicates not logged yet, per source: [first seq, last seq, count, source at].
+        # Logged as one line when the run ends, so a producer that resends 1,000 lines after a
+        # restart makes one warning, not a thousand.
+        self._dups: dict[str, list[int]] = {}
         self.malformed = 0
         self.unstamped = 0
 
@@ -344,16 +190,45 @@ class _Consumer:
             self.malformed += 1
             log.debug("malformed message skipped: %s", exc)
             return
-        self.out.write(to_json_line(msg))
         self.messages += 1
-        if msg.source is None or msg.source_seq is None:
+        source, seq = msg.source, msg.source_seq
+        if source is None or seq is None:
             self.unstamped += 1
         else:
-            obs = self.gaps.observe(msg.source, msg.source_seq)
-            if obs.verdict is not Verdict.IN_ORDER and obs.verdict is not Verdict.FIRST:
+            obs = self.gaps.observe(source, seq)
+            verdict = obs.verdict
+            if verdict is Verdict.DUPLICATE:
+                self._duplicate(source, seq, obs.last or 0)
+                return
+            if self._dups and source in self._dups:
+                self._say_duplicates(source)
+            if verdict is not Verdict.IN_ORDER and verdict is not Verdict.FIRST:
                 _say(obs)
-        if self.settings.count and self.messages >= self.settings.count:
-            raise _Stop(f"{self.messages} messages received (--count)")
+        self.out.write(to_json_line(msg))
+        self.written += 1
+        if self.settings.count and self.written >= self.settings.count:
+            raise _Stop(f"{self.written} messages written (--count)")
+
+    def _duplicate(self, source: str, seq: int, last: int) -> None:
+        run = self._dups.get(source)
+        if run is not None and seq == run[1] + 1:
+            run[1] = seq
+            run[2] += 1
+            return
+        if run is not None:
+            self._say_duplicates(source)
+        self._dups[source] = [seq, seq, 1, last]
+
+    def _say_duplicates(self, source: str | None = None) -> None:
+        """Log the runs of duplicates not logged yet (of ``source``, or of every source)."""
+        for name in [source] if source is not None else list(self._dups):
+            first, last, count, at = self._dups.pop(name)  # type: ignore[arg-type]
+            span = f"{first}" if first == last else f"{first}..{last}"
+            log.warning(
+                "duplicate%s from source %s: seq %s (%d message%s) already written, not written "
+                "again (the source is at seq %d)",
+                "" if count == 1 else "s", name, span, count, "" if count == 1 else "s", at,
+            )
 
     def loop(self, sock: zmq.Socket, signals: _Signals) -> str:  # type: ignore[type-arg]
         """Serve the socket until a signal, ``--count`` or ``--idle-exit``; return why it ended."""
@@ -385,16 +260,21 @@ class _Consumer:
             except zmq.Again:
                 # Nothing more ready: the burst is over, let readers of the output see it.
                 self.out.flush()
+                if self._dups:
+                    self._say_duplicates()
             except _Stop as stop:
                 return str(stop)
 
     def summary(self) -> list[str]:
         """The lines printed on stderr at exit: the totals, then one line per source."""
+        if self._dups:
+            self._say_duplicates()
         g = self.gaps
         lines = [
-            f"zmqws consume: summary: {_n(self.messages, 'message')} from {_n(len(g), 'source')}; "
-            f"{g.missing} missing, {g.duplicates} duplicate, {_n(g.restarts, 'restart')}; "
-            f"{self.malformed} malformed; {self.unstamped} without source"
+            f"zmqws consume: summary: {_n(self.messages, 'message')} from {_n(len(g), 'source')}, "
+            f"{self.written} written; {g.missing} missing, {g.duplicates} duplicate (not written), "
+            f"{_n(g.restarts, 'restart')}; {self.malformed} malformed; "
+            f"{self.unstamped} without source"
         ]
         for st in g:
             lines.append(

@@ -117,6 +117,8 @@ class Gateway:
             "dropped": {"slow_client": st.dropped_slow, "oversize": st.oversize,
                         "publish_full": self.publish_dropped},
             "closed_slow_clients": st.closed_slow,
+            "sources": {"tracked": len(self.hub.sources), "missing": st.source_missing,
+                        "untracked_messages": st.untracked_sources},
             "malformed": st.malformed,
             "unrouted": st.unrouted,
             "published": self.published,

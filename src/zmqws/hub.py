@@ -16,6 +16,11 @@ Pre-framed bytes are the same for every client only because no WebSocket extensi
 (the gateway offers no permessage-deflate): a compressed connection would need its own framing
 per client, which costs a measured 45 % of throughput (STYLE rule 5).
 
+Loss upstream (DESIGN.md principle 4): messages from zmqws producers carry their source and a
+sequence number; a number that skips ahead means messages were lost before the gateway (a
+publisher's queue overflowed), so the clients that get the message get a ``gap`` message naming
+the source and how many were missed, just before it, and ``/health`` counts them.
+
 Slow clients (DESIGN.md principle 3): while a client's transport is above its high-water mark the
 I/O layer pauses its Outbox; batches then wait in the Outbox, bounded in bytes. Past the bound,
 the ``drop`` policy drops the oldest batches and later tells the client how many messages it
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 
 from .envelope import Message, control_frame, decode, json_frame, ws_frame
 from .exceptions import MalformedMessage
+from .sequence import GapCounter, Verdict
 from .topics import Group, TopicIndex
 
 __all__ = ["Hub", "Outbox", "HubStats", "FORMATS"]
@@ -38,6 +44,9 @@ __all__ = ["Hub", "Outbox", "HubStats", "FORMATS"]
 FORMATS = ("json", "raw")
 
 CLOSE_POLICY_VIOLATION = 1008
+# Sources whose sequence numbers are tracked: each costs one small record; past this many, new
+# sources are counted as untracked, so producers that invent names cannot grow memory.
+MAX_SOURCES = 100_000
 # RFC 6455 §5.2 headers of unmasked binary frames with a 7-bit length, for the inlined fast path.
 _SHORT_BINARY = [ws_frame(b"\x00" * n)[:2] for n in range(126)]
 
@@ -53,6 +62,8 @@ class HubStats:
     unrouted: int = 0
     dropped_slow: int = 0
     closed_slow: int = 0
+    source_missing: int = 0
+    untracked_sources: int = 0
 
 
 class Outbox:
@@ -82,33 +93,38 @@ class Outbox:
         self.policy = policy
         self.stats = stats
         self.paused = False
-        self.queue: deque[tuple[bytes, int]] | None = None  # made on first pause: idle clients stay small
+        self.queue: deque[tuple[bytes, int, int]] | None = None  # made on first pause: idle clients stay small
         self.queued = 0
         self.missed = 0
 
-    def deliver(self, data: bytes, count: int) -> None:
-        """Hand ``count`` messages, framed and joined in ``data``, to the client."""
+    def deliver(self, data: bytes, count: int, missed: int = 0) -> None:
+        """Hand ``count`` messages, framed and joined in ``data``, to the client.
+
+        ``missed`` is what ``gap`` frames inside ``data`` report lost upstream: if ``data`` is
+        dropped, the client is told about those too, so what it receives plus what it is told
+        it missed always adds up to what was published.
+        """
         if not self.paused:
             self.write(data)
             return
         queue = self.queue
         if queue is None:
             queue = self.queue = deque()
-        queue.append((data, count))
+        queue.append((data, count, missed))
         self.queued += len(data)
         if self.queued <= self.cap:
             return
         if self.policy == "close":
             self.stats.closed_slow += 1
-            self.stats.dropped_slow += sum(n for _, n in queue)
+            self.stats.dropped_slow += sum(n for _, n, _ in queue)
             queue.clear()
             self.queued = 0
             self.close(CLOSE_POLICY_VIOLATION, "client too slow")
             return
         while self.queued > self.cap and queue:
-            old, n = queue.popleft()
+            old, n, upstream = queue.popleft()
             self.queued -= len(old)
-            self.missed += n
+            self.missed += n + upstream
             self.stats.dropped_slow += n
 
     def pause(self) -> None:
@@ -127,7 +143,7 @@ class Outbox:
             self.write(control_frame({"op": "gap", "missed": missed}))
         queue = self.queue
         while queue and not self.paused:
-            data, _ = queue.popleft()
+            data, _, _ = queue.popleft()
             self.queued -= len(data)
             self.write(data)
         if not queue:
@@ -158,6 +174,8 @@ class Hub:
         self.index = TopicIndex(on_subscribe, on_unsubscribe)
         self.stats = HubStats()
         self.max_outbound = max_outbound
+        self.sources = GapCounter()
+        self.max_sources = MAX_SOURCES
         self.seq = 0
         self._outboxes: dict[object, Outbox] = {}
 
@@ -185,6 +203,19 @@ class Hub:
     def clients(self) -> int:
         return len(self._outboxes)
 
+    def _track(self, source: str, source_seq: int) -> tuple[bytes | None, int]:
+        """Follow a source's numbers; on a gap, the ``gap`` frame its subscribers get first,
+        and how many messages it reports missing."""
+        sources = self.sources
+        if source not in sources and len(sources) >= self.max_sources:
+            self.stats.untracked_sources += 1
+            return None, 0
+        obs = sources.observe(source, source_seq)
+        if obs.verdict is not Verdict.GAP:
+            return None, 0
+        self.stats.source_missing += obs.missing
+        return control_frame({"op": "gap", "source": source, "missed": obs.missing}), obs.missing
+
     # -- fan-out ------------------------------------------------------------------------------
 
     def dispatch(self, batch: list[list[bytes]]) -> None:
@@ -210,6 +241,9 @@ class Hub:
                     stats.malformed += 1
                     continue
                 topic, data = msg.topic, msg.data
+            gap = None
+            if msg is not None and msg.source_seq is not None and msg.source is not None:
+                gap, missed = self._track(msg.source, msg.source_seq)
             seq += 1
             if len(data) > max_out:
                 stats.oversize += 1
@@ -233,6 +267,10 @@ class Hub:
                     part = js
                 if not g.parts:
                     touched.append(g)
+                if gap is not None:
+                    g.parts.append(gap)
+                    g.missed += missed
+                    g.gaps += 1
                 g.parts.append(part)
         stats.messages_in += seq - self.seq
         self.seq = seq
@@ -240,14 +278,14 @@ class Hub:
         deliveries = 0
         for g in touched:
             parts = g.parts
-            n = len(parts)
-            data = parts[0] if n == 1 else b"".join(parts)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            n = len(parts) - g.gaps  # messages, not counting gap frames
+            missed, g.missed, g.gaps = g.missed, 0, 0
             parts.clear()
-            # A delivery may close a client (policy) and so change the members: iterate a copy
-            # only when the policy could act, i.e. always cheap tuple() of keys.
+            # A delivery may close a client (policy) and so change the members: iterate a copy.
             for client in tuple(g.members):
                 outbox = outboxes.get(client)
                 if outbox is not None:
-                    outbox.deliver(data, n)
+                    outbox.deliver(data, n, missed)
             deliveries += n * len(g.members)
         stats.deliveries += deliveries

@@ -35,15 +35,19 @@ class Group:
         prefixes: the topic prefixes (empty: everything).
         members: the clients, in the order they joined.
         parts: frames gathered for the batch being dispatched (the hub's scratch space).
+        gaps: how many of ``parts`` are ``gap`` frames, and ``missed`` how many messages lost
+            upstream they report (scratch too).
     """
 
-    __slots__ = ("fmt", "prefixes", "members", "parts")
+    __slots__ = ("fmt", "prefixes", "members", "parts", "gaps", "missed")
 
     def __init__(self, fmt: str, prefixes: frozenset[bytes]) -> None:
         self.fmt = fmt
         self.prefixes = prefixes
         self.members: dict[Hashable, None] = {}
         self.parts: list[bytes] = []
+        self.gaps = 0
+        self.missed = 0
 
     @property
     def key(self) -> tuple[str, frozenset[bytes]]:

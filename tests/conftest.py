@@ -90,8 +90,10 @@ class GatewayProc:
         self.port = port or free_port()
         self.zmq_endpoint = f"tcp://127.0.0.1:{self.zmq_port}"
         flag = "--bind" if zmq_bind else "--connect"
+        # One process unless a test asks for workers: most tests look at one process's counters.
+        workers = () if "--workers" in extra else ("--workers", "1")
         self.args = zmqws_cmd("gateway", flag, self.zmq_endpoint,
-                              "--listen", f"127.0.0.1:{self.port}", *extra)
+                              "--listen", f"127.0.0.1:{self.port}", *workers, *extra)
         # Output goes to files, not pipes: a talkative gateway must never block on a full pipe.
         self.out = tempfile.TemporaryFile("w+")
         self.err = tempfile.TemporaryFile("w+")

@@ -67,12 +67,19 @@ def test_invalid_utf8_in_close_reason_closes_1007(gateway: GatewayProc) -> None:
 def test_at_the_descriptor_limit_new_connections_are_refused_without_spinning() -> None:
     zmq_port, port = free_port(), free_port()
     proc = subprocess.Popen(["prlimit", "--nofile=64:64", *zmqws_cmd(
-        "gateway", "--bind", f"tcp://127.0.0.1:{zmq_port}", "--listen", f"127.0.0.1:{port}")],
+        "gateway", "--bind", f"tcp://127.0.0.1:{zmq_port}", "--listen", f"127.0.0.1:{port}",
+        "--workers", "1")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     held: list[socket.socket] = []
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
     try:
         wait_until(lambda: _connectable(port), 15, "the gateway")
         reader = websocket.create_connection(f"ws://127.0.0.1:{port}/ws?topic=t", timeout=10 * UNIT)
+        # The producer is connected before the descriptors run out (libzmq needs one to accept it).
+        pub.connect(f"tcp://127.0.0.1:{zmq_port}")
+        assert pub.poll(10_000 * UNIT) and pub.recv() == b"\x01t"
         for _ in range(100):  # far past the limit of 64 descriptors
             s = socket.socket()
             s.settimeout(2 * UNIT)
@@ -84,10 +91,6 @@ def test_at_the_descriptor_limit_new_connections_are_refused_without_spinning() 
             held.append(s)
         cpu0 = cpu_seconds(proc.pid)
         t0 = time.monotonic()
-        ctx = zmq.Context()
-        pub = ctx.socket(zmq.XPUB)
-        pub.connect(f"tcp://127.0.0.1:{zmq_port}")
-        assert pub.poll(10_000 * UNIT)
         for i in range(50):
             pub.send_multipart([b"t", b"%d" % i])
         got = [json.loads(reader.recv())["data"] for _ in range(50)]
@@ -97,9 +100,9 @@ def test_at_the_descriptor_limit_new_connections_are_refused_without_spinning() 
         busy = (cpu_seconds(proc.pid) - cpu0) / (elapsed + 1.0)
         assert busy < 0.5, f"gateway used {busy:.0%} CPU at the descriptor limit"
         assert proc.poll() is None
+    finally:
         pub.close(0)
         ctx.term()
-    finally:
         for s in held:
             s.close()
         proc.terminate()

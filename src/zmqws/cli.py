@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -100,6 +101,9 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--curve-authorized", default=None, metavar="DIR",
                    help="with --curve-secret-key: accept only producers whose public key "
                    "(NAME.key) is in DIR (default: any producer that speaks CURVE)")
+    p.add_argument("--workers", default="auto", metavar="N",
+                   help="gateway processes sharing --listen (SO_REUSEPORT), each with its own "
+                   "ZeroMQ subscription; auto: one per core, 1: a single process")
     p.add_argument("--echo", action="store_true",
                    help="also serve /echo, a WebSocket echo endpoint using the same connection "
                    "code as /ws (for conformance suites such as Autobahn)")
@@ -120,8 +124,18 @@ def _run_gateway(a: argparse.Namespace) -> int:
         echo=a.echo, allow_origin=tuple(a.allow_origin), token_file=a.token_file,
         jwt_secret_file=a.jwt_secret_file, certfile=a.certfile, keyfile=a.keyfile,
         curve_secret_key=a.curve_secret_key, curve_authorized=a.curve_authorized,
+        workers=_workers(a.workers),
     )
     return run(s)
+
+
+def _workers(value: str) -> int:
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--workers: {value!r} is not a number or auto") from None
 
 
 def _endpoint_flags(p: argparse.ArgumentParser, what: str) -> None:

@@ -120,6 +120,7 @@ class GatewaySettings:
     keyfile: str | None = None
     curve_secret_key: str | None = None
     curve_authorized: str | None = None
+    workers: int = 1
     host: str = field(init=False, default="")
     port: int = field(init=False, default=0)
     tokens: tuple[str, ...] = field(init=False, default=())
@@ -157,6 +158,8 @@ class GatewaySettings:
             _positive(flag, value)
         _positive("--ping-interval", self.ping_interval, zero_ok=True)
         _positive("--rcvhwm", self.rcvhwm, zero_ok=True)
+        if not 1 <= self.workers <= 256:
+            raise ConfigError(f"--workers: {self.workers} is not from 1 to 256")
         for origin in self.allow_origin:
             if origin != "*" and (origin == "null" or "://" not in origin or origin.endswith("/")):
                 raise ConfigError(

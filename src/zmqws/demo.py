@@ -105,7 +105,8 @@ def run(settings: DemoSettings) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        gateway = _spawn(["gateway", "--bind", endpoint, "--listen", settings.listen])
+        gateway = _spawn(["gateway", "--bind", endpoint, "--listen", settings.listen,
+                          "--workers", "1"])
         procs.append(gateway)
         for node in NODES:
             path = workdir / node.host / node.filename

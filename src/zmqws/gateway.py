@@ -19,7 +19,7 @@ import os
 import signal
 import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.auth
@@ -34,7 +34,10 @@ from .hub import Hub
 from .websocket import Connection, keepalive_tick, shutdown_close
 from .zmq_io import SubscriberInput, attach
 
-__all__ = ["Gateway", "run", "new_event_loop"]
+__all__ = ["Gateway", "run", "run_one", "new_event_loop", "listen_error"]
+
+if TYPE_CHECKING:
+    from .workers import SharedCounters
 
 log = logging.getLogger("zmqws.gateway")
 
@@ -51,8 +54,10 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class Gateway:
     """A running gateway; :meth:`start`, then :meth:`wait_closed` or :meth:`shutdown`."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings,
+                 worker: tuple[int, SharedCounters] | None = None) -> None:
         self.settings = settings
+        self.worker = worker
         self.limits = Limits(max_topic=settings.max_topic,
                              max_topics_per_command=settings.max_subscriptions)
         self.static = StaticFiles()
@@ -72,6 +77,7 @@ class Gateway:
         self._keepalive: asyncio.TimerHandle | None = None
         self._all_gone: asyncio.Event | None = None
         self.authenticator_thread: ThreadAuthenticator | None = None
+        self._counters_timer: asyncio.TimerHandle | None = None
 
     # -- wiring -------------------------------------------------------------------------------
 
@@ -129,7 +135,21 @@ class Gateway:
                                         for p in self.hub.index.prefixes()),
             },
             "listen": f"{self.address[0]}:{self.address[1]}",
+            **self._worker_health(),
         }
+
+    def _counters(self) -> dict[str, int]:
+        st = self.hub.stats
+        return {"clients": self.hub.clients, "connections": len(self.connections),
+                "messages_in": st.messages_in, "deliveries": st.deliveries,
+                "dropped_slow": st.dropped_slow, "malformed": st.malformed}
+
+    def _worker_health(self) -> dict[str, object]:
+        if self.worker is None:
+            return {}
+        index, shared = self.worker
+        shared.write(index, self._counters())
+        return {"worker": index, "workers": shared.workers, "all": shared.sums()}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -166,14 +186,12 @@ class Gateway:
         try:
             self.server = await loop.create_server(
                 lambda: Connection(self), s.host, s.port, backlog=1024, reuse_address=True,
+                reuse_port=self.worker is not None,
                 ssl=ssl_context,
                 ssl_handshake_timeout=s.handshake_timeout if ssl_context else None,
             )
         except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            if exc.errno == errno.EADDRINUSE:
-                reason = "address already in use (another gateway running?)"
-            raise StartupError(f"cannot listen on {s.listen}: {reason}") from None
+            raise StartupError(listen_error(s.listen, exc)) from None
         sock = self.server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
         # Subscriptions for clients that existed before start: none; clients arrive later.
@@ -182,6 +200,8 @@ class Gateway:
         self.input.start(loop)
         if s.ping_interval > 0:
             self._schedule_keepalive()
+        if self.worker is not None:
+            self._schedule_counters()
         log.info("listening on %s://%s:%d/ (WebSocket at /ws); ZeroMQ input: %s",
                  "https" if s.tls else "http", self.address[0], self.address[1],
                  ", ".join([f"bind {e}" for e in s.bind] + [f"connect {e}" for e in s.connect]))
@@ -206,6 +226,18 @@ class Gateway:
             self.authenticator_thread.stop()
         self.ctx.term()
 
+    def _schedule_counters(self) -> None:
+        """Refresh this worker's row of the shared counters twice a second."""
+        loop = asyncio.get_running_loop()
+        assert self.worker is not None
+        index, shared = self.worker
+
+        def turn() -> None:
+            shared.write(index, self._counters())
+            self._counters_timer = loop.call_later(0.5, turn)
+
+        turn()
+
     def stop(self) -> None:
         """Ask for an orderly shutdown (signal handlers call this)."""
         if self._stopping is not None:
@@ -219,6 +251,8 @@ class Gateway:
         """Stop accepting, close clients with 1001, wait for them (bounded), close ZeroMQ."""
         if self._keepalive is not None:
             self._keepalive.cancel()
+        if self._counters_timer is not None:
+            self._counters_timer.cancel()
         if self.server is not None:
             self.server.close()
         if self.input is not None:
@@ -243,8 +277,9 @@ class Gateway:
                  self.hub.stats.deliveries)
 
 
-async def _serve(settings: GatewaySettings) -> int:
-    gateway = Gateway(settings)
+async def _serve(settings: GatewaySettings,
+                 worker: tuple[int, SharedCounters] | None = None) -> int:
+    gateway = Gateway(settings, worker)
     loop = asyncio.get_running_loop()
     force = asyncio.Event()
 
@@ -260,13 +295,22 @@ async def _serve(settings: GatewaySettings) -> int:
         raise
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    scheme = "https" if settings.tls else "http"
-    print(f"zmqws gateway: live page at {scheme}://{_url_host(gateway.address[0])}:{gateway.address[1]}/",
-          flush=True)
+    if worker is None:  # the supervisor of workers prints its own line
+        scheme = "https" if settings.tls else "http"
+        print(f"zmqws gateway: live page at {scheme}://{_url_host(gateway.address[0])}:"
+              f"{gateway.address[1]}/", flush=True)
     await gateway.wait_stopped()
     log.info("shutting down")
     await gateway.shutdown(force)
     return 0
+
+
+def listen_error(listen: str, exc: OSError) -> str:
+    """The one line that says why ``listen`` (HOST:PORT) could not be listened on."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        reason = "address already in use (another gateway running?)"
+    return f"cannot listen on {listen}: {reason}"
 
 
 def _url_host(host: str) -> str:
@@ -274,9 +318,18 @@ def _url_host(host: str) -> str:
 
 
 def run(settings: GatewaySettings) -> int:
-    """Run a gateway until SIGINT or SIGTERM; returns the exit code."""
+    """Run a gateway (or ``settings.workers`` of them) until SIGINT or SIGTERM."""
+    if settings.workers > 1:
+        from .workers import run_workers
+
+        return run_workers(settings)
+    return run_one(settings)
+
+
+def run_one(settings: GatewaySettings, worker: tuple[int, SharedCounters] | None = None) -> int:
+    """Run one gateway process; ``worker`` is its index and the shared counters, if any."""
     loop = new_event_loop()
     try:
-        return loop.run_until_complete(_serve(settings))
+        return loop.run_until_complete(_serve(settings, worker))
     finally:
         loop.close()

@@ -280,6 +280,50 @@ def _run_demo(a: argparse.Namespace) -> int:
                                    duration=a.duration))
 
 
+def _add_proxy(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    d = config.ProxySettings.__dataclass_fields__
+    p = sub.add_parser(
+        "proxy",
+        help="forward from many producers to many gateways (XSUB/XPUB, libzmq's own proxy)",
+        description="Forward every message from the producers on --frontend (XSUB) to the "
+        "gateways and consumers on --backend (XPUB), in libzmq's own proxy, and their "
+        "subscriptions back to the producers, so a producer sends only what someone wants. "
+        "Counters (messages, bytes, subscriptions) on --status and in the log. SIGINT and "
+        "SIGTERM stop it cleanly.",
+        formatter_class=_fmt(),
+    )
+    p.add_argument("--frontend", action="append", default=[], metavar="ENDPOINT",
+                   help="bind the XSUB socket here; producers connect to it (repeatable)")
+    p.add_argument("--backend", action="append", default=[], metavar="ENDPOINT",
+                   help="bind the XPUB socket here; gateways and consumers connect to it "
+                   "(repeatable)")
+    p.add_argument("--frontend-connect", action="append", default=[], metavar="ENDPOINT",
+                   help="connect the XSUB socket to a producer that binds (repeatable)")
+    p.add_argument("--backend-connect", action="append", default=[], metavar="ENDPOINT",
+                   help="connect the XPUB socket to a gateway or consumer that binds (repeatable)")
+    p.add_argument("--status", default=None, metavar="HOST:PORT",
+                   help="serve the counters as JSON at http://HOST:PORT/status (off by default; "
+                   "use 127.0.0.1 unless the network is trusted)")
+    p.add_argument("--stats-interval", type=float, default=d["stats_interval"].default,
+                   metavar="SECONDS", help="log the counters every SECONDS (0: only at exit)")
+    p.add_argument("--hwm", type=int, default=d["hwm"].default, metavar="N",
+                   help="messages queued per producer and per gateway (0: no limit)")
+    p.add_argument("--no-drop", action="store_true",
+                   help="when a gateway's queue is full, wait (push back on every producer) "
+                   "instead of dropping for that gateway")
+    p.set_defaults(run=_run_proxy)
+
+
+def _run_proxy(a: argparse.Namespace) -> int:
+    from .proxy import run
+
+    return run(config.ProxySettings(
+        frontend=tuple(a.frontend), backend=tuple(a.backend),
+        frontend_connect=tuple(a.frontend_connect), backend_connect=tuple(a.backend_connect),
+        status=a.status, stats_interval=a.stats_interval, hwm=a.hwm, no_drop=a.no_drop,
+    ))
+
+
 def _add_keygen(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "keygen",
@@ -320,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_publish(sub)
     _add_consume(sub)
     _add_demo(sub)
+    _add_proxy(sub)
     _add_keygen(sub)
     return parser
 

@@ -20,6 +20,7 @@ __all__ = [
     "PublishSettings",
     "ConsumeSettings",
     "DemoSettings",
+    "ProxySettings",
     "parse_listen",
     "producer_curve",
     "SLOW_CLIENT_POLICIES",
@@ -56,6 +57,9 @@ DEFAULT_CLOSE_TIMEOUT = 10.0
 # lines); past it libzmq stops reading the TCP connection and publishers feel backpressure
 # (XPUB_NODROP ones block, plain PUB ones drop at their SNDHWM and zmqws counts the gap).
 DEFAULT_RCVHWM = 10_000
+# The proxy queues as many messages per peer as a gateway's SUB socket does (DEFAULT_RCVHWM), so
+# the proxy is never the narrowest point between a producer and a gateway.
+DEFAULT_PROXY_HWM = 10_000
 
 
 def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
@@ -323,3 +327,45 @@ class DemoSettings:
         _positive("--duration", self.duration, zero_ok=True)
         if not 0 <= self.zmq_port <= 65535:
             raise ConfigError(f"--zmq-port: {self.zmq_port} is not a port number (0 picks a free one)")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """Everything ``zmqws proxy`` needs: an XSUB frontend, an XPUB backend, counters."""
+
+    frontend: tuple[str, ...] = ()
+    backend: tuple[str, ...] = ()
+    frontend_connect: tuple[str, ...] = ()
+    backend_connect: tuple[str, ...] = ()
+    status: str | None = None
+    stats_interval: float = 0.0
+    hwm: int = DEFAULT_PROXY_HWM
+    no_drop: bool = False
+    status_host: str = field(init=False, default="")
+    status_port: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if not self.frontend and not self.frontend_connect:
+            raise ConfigError(
+                "proxy needs a --frontend ENDPOINT (or --frontend-connect) for producers"
+            )
+        if not self.backend and not self.backend_connect:
+            raise ConfigError(
+                "proxy needs a --backend ENDPOINT (or --backend-connect) for gateways and consumers"
+            )
+        _endpoints("--frontend", self.frontend)
+        _endpoints("--backend", self.backend)
+        _endpoints("--frontend-connect", self.frontend_connect)
+        _endpoints("--backend-connect", self.backend_connect)
+        same = {e for e in set(self.frontend) & set(self.backend) if not e.endswith(":*")}
+        if same:
+            raise ConfigError(
+                f"--frontend and --backend: {sorted(same)[0]!r} is given to both; "
+                "they must be different endpoints"
+            )
+        if self.status is not None:
+            host, port = parse_listen(self.status, "--status")
+            object.__setattr__(self, "status_host", host)
+            object.__setattr__(self, "status_port", port)
+        _positive("--stats-interval", self.stats_interval, zero_ok=True)
+        _positive("--hwm", self.hwm, zero_ok=True)

@@ -27,6 +27,12 @@ if [ "${1:-}" = test ]; then
   if [ ! -x /usr/bin/chromium ]; then
     apt_install chromium || echo "setup: Chromium not installed: the browser tests will be skipped" >&2
   fi
+  # The fleet tests run the nginx and HAProxy configs of docs/deployment.md.
+  if [ ! -x /usr/sbin/nginx ] || [ ! -x /usr/sbin/haproxy ]; then
+    apt_install nginx haproxy || echo "setup: nginx/HAProxy not installed: their fleet tests will be skipped" >&2
+  fi
+  # The multicast test needs pyzmq built against the system libzmq (PGM), in its own cached venv.
+  scripts/pgm-env.sh >/dev/null || echo "setup: no PGM venv: the multicast end-to-end test will be skipped" >&2
 else
   .venv/bin/python -m pip install -q -e .
 fi

@@ -8,17 +8,20 @@ messages exactly once, in order; the proxy's counters show what left the produce
 from __future__ import annotations
 
 import json
-import signal
+import re
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websocket
-from conftest import UNIT, GatewayProc, wait_until
+from conftest import UNIT, GatewayProc, free_port, http_get, wait_until
 from test_proxy import ProxyProc
 
 # A producer: waits until someone wants each of its topics, sends N messages on each (or, with
@@ -98,9 +101,9 @@ class Producer:
 class Client(threading.Thread):
     """A WebSocket client (websocket-client) keeping every data message, until closed."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, **options: Any) -> None:
         super().__init__(daemon=True)
-        self.ws = websocket.create_connection(url, timeout=60 * UNIT)
+        self.ws = websocket.create_connection(url, timeout=60 * UNIT, **options)
         self.messages: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.closed = threading.Event()
@@ -155,8 +158,8 @@ def fleet() -> Iterator[dict[str, Any]]:
         made["producers"].append(p)
         return p
 
-    def client(url: str) -> Client:
-        c = Client(url)
+    def client(url: str, **options: Any) -> Client:
+        c = Client(url, **options)
         made["clients"].append(c)
         return c
 
@@ -270,3 +273,93 @@ def test_a_restarted_gateway_resubscribes_and_the_others_lose_nothing(fleet) -> 
             assert client.seqs(source) == list(range(1, last[source] + 1))
     for g in (gw[0], gw[2], new):
         assert g.health()["sources"]["missing"] == 0
+
+
+# -- behind a load balancer, with the configs of docs/deployment.md --------------------------------
+
+DEPLOYMENT = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"
+
+
+def _config_block(lang: str) -> str:
+    found = re.search(rf"```{lang}\n(.*?)```", DEPLOYMENT.read_text(), re.S)
+    assert found, f"docs/deployment.md has no {lang} block"
+    return found.group(1)
+
+
+def _nginx(conf: Path, port: int, gw: list[GatewayProc]) -> list[str]:
+    block = (_config_block("nginx").replace("127.0.0.1:8081", f"127.0.0.1:{gw[0].port}")
+             .replace("127.0.0.1:8082", f"127.0.0.1:{gw[1].port}")
+             .replace("listen 80;", f"listen 127.0.0.1:{port};"))
+    assert str(gw[0].port) in block and str(port) in block
+    tmp = conf.parent
+    conf.write_text(
+        f"daemon off;\nmaster_process off;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log;\n"
+        "events {}\nhttp {\n"
+        f"  access_log off;\n  client_body_temp_path {tmp}/body;\n"
+        f"  proxy_temp_path {tmp}/proxy;\n  fastcgi_temp_path {tmp}/fcgi;\n"
+        f"  uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n{block}}}\n")
+    return [shutil.which("nginx") or "nginx", "-p", str(tmp), "-c", str(conf)]
+
+
+def _haproxy(conf: Path, port: int, gw: list[GatewayProc]) -> list[str]:
+    text = (_config_block("haproxy").replace("127.0.0.1:8081", f"127.0.0.1:{gw[0].port}")
+            .replace("127.0.0.1:8082", f"127.0.0.1:{gw[1].port}")
+            .replace("bind :80", f"bind 127.0.0.1:{port}"))
+    assert str(gw[1].port) in text and str(port) in text
+    conf.write_text(text)
+    return [shutil.which("haproxy") or "haproxy", "-db", "-f", str(conf)]
+
+
+@pytest.mark.parametrize("balancer", ["nginx", "haproxy"])
+def test_a_fleet_behind_the_documented_load_balancer_config(balancer: str, fleet,
+                                                            tmp_path: Path) -> None:
+    if not shutil.which(balancer) and not Path(f"/usr/sbin/{balancer}").exists():
+        pytest.skip(f"{balancer} is not installed (apt-get install {balancer})")
+    gw = [fleet["gateway"]() for _ in range(2)]
+    port = free_port()
+    make = _nginx if balancer == "nginx" else _haproxy
+    args = make(tmp_path / f"{balancer}.conf", port, gw)
+    args[0] = shutil.which(balancer) or f"/usr/sbin/{balancer}"
+    log = (tmp_path / "lb.log").open("w+")
+    lb = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def listening() -> bool:
+            assert lb.poll() is None, (log.seek(0), log.read())
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return True
+            except OSError:
+                return False
+        wait_until(listening, 20, f"{balancer} to listen")
+        base = f"127.0.0.1:{port}"
+        # Plain HTTP through it: the page and /health.
+        status, _, body = http_get(f"http://{base}/health")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        assert http_get(f"http://{base}/")[0] == 200
+        # Browsers' way: an Origin that matches the Host they asked for.
+        clients = [fleet["client"](f"ws://{base}/ws?topic=lb.", origin=f"http://{base}")
+                   for _ in range(4)]
+        for g in gw:  # spread over both gateways, 2 and 2 (least connections)
+            wait_until(lambda g=g: g.health()["clients"] == 2, 20, "two clients on each gateway")
+            g.wait_subscribed("lb.")
+        wait_until(lambda: fleet["proxy"].stats()["subscriptions"] >= 2, 20, "both subscribed")
+        producer = fleet["producer"]("lb-1", ["lb.events"], n=300)
+        producer.ready()
+        assert producer.finish()["sent"] == {"lb.events": 300}
+        for c in clients:
+            _wait_all(c, "lb-1/lb.events", 300, "every message through the load balancer")
+            assert c.seqs("lb-1/lb.events") == list(range(1, 301))
+        assert sum(g.health()["deliveries"] for g in gw) == 4 * 300
+        # A foreign page is still refused through the balancer: the Host header came through.
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            websocket.create_connection(f"ws://{base}/ws", origin="http://evil.example",
+                                        timeout=10 * UNIT)
+        assert refused.value.status_code == 403
+    finally:
+        lb.terminate()
+        try:
+            lb.wait(10 * UNIT)
+        except subprocess.TimeoutExpired:
+            lb.kill()
+            lb.wait()
+        log.close()

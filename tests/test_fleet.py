@@ -7,6 +7,7 @@ messages exactly once, in order; the proxy's counters show what left the produce
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -143,41 +144,37 @@ class Client(threading.Thread):
 
 @pytest.fixture
 def fleet() -> Iterator[dict[str, Any]]:
-    """A proxy; gateways, producers and clients made by the test are cleaned up here."""
-    proxy = ProxyProc()
-    made: dict[str, Any] = {"proxy": proxy, "gateways": [], "producers": [], "clients": []}
-    backend_port = int(proxy.backend.rsplit(":", 1)[1])
+    """A proxy; gateways, producers and clients made by the test are ended here, each one even
+    when ending another fails (ExitStack runs every callback, last made first)."""
+    with contextlib.ExitStack() as cleanup:
+        proxy = ProxyProc()
+        cleanup.callback(proxy.close)
+        backend_port = int(proxy.backend.rsplit(":", 1)[1])
 
-    def gateway(**kw: Any) -> GatewayProc:
-        g = GatewayProc(zmq_bind=False, zmq_port=backend_port, **kw)
-        made["gateways"].append(g)
-        return g
+        def gateway(**kw: Any) -> GatewayProc:
+            g = GatewayProc(zmq_bind=False, zmq_port=backend_port, **kw)
+            cleanup.callback(_end, g)
+            return g
 
-    def producer(*args: Any, **kw: Any) -> Producer:
-        p = Producer(proxy.frontend, *args, **kw)
-        made["producers"].append(p)
-        return p
+        def producer(*args: Any, **kw: Any) -> Producer:
+            p = Producer(proxy.frontend, *args, **kw)
+            cleanup.callback(p.kill)
+            return p
 
-    def client(url: str, **options: Any) -> Client:
-        c = Client(url, **options)
-        made["clients"].append(c)
-        return c
+        def client(url: str, **options: Any) -> Client:
+            c = Client(url, **options)
+            cleanup.callback(c.close)
+            return c
 
-    made.update(gateway=gateway, producer=producer, client=client)
-    try:
-        yield made
-    finally:
-        for c in made["clients"]:
-            c.close()
-        for p in made["producers"]:
-            p.kill()
-        for g in made["gateways"]:
-            if g.proc.poll() is None:
-                g.proc.kill()
-                g.proc.wait()
-            g.out.close()
-            g.err.close()
-        proxy.close()
+        yield {"proxy": proxy, "gateway": gateway, "producer": producer, "client": client}
+
+
+def _end(g: GatewayProc) -> None:
+    if g.proc.poll() is None:
+        g.proc.kill()
+        g.proc.wait()
+    g.out.close()
+    g.err.close()
 
 
 def _wait_all(client: Client, source: str, last: int, what: str) -> None:

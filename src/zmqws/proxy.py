@@ -119,6 +119,7 @@ class Proxy:
         self._thread: threading.Thread | None = None
         self._started = time.monotonic()
         self._closed = False
+        self._pending = False  # a STATISTICS request is still unanswered
 
     def start(self) -> None:
         """Start forwarding, in a thread of its own."""
@@ -142,12 +143,17 @@ class Proxy:
         with self._lock:
             if self._closed or self._thread is None or not self._thread.is_alive():
                 return None
+            if self._pending:  # the reply to a request that timed out: wait for it, drop it
+                if not self._steer.poll(_STATS_TIMEOUT_MS):
+                    return None
+                self._steer.recv_multipart()
+                self._pending = False
             self._steer.send(b"STATISTICS")
             if not self._steer.poll(_STATS_TIMEOUT_MS):
-                # A late reply would answer the next request: give this socket up for good.
+                # Busy in a blocked send (a full --no-drop backend): it answers once it is free.
                 log.warning("the proxy did not answer STATISTICS within %d ms",
                             _STATS_TIMEOUT_MS)
-                self._closed = True
+                self._pending = True
                 return None
             frames = self._steer.recv_multipart()
         raw = dict(zip(STAT_NAMES, (int.from_bytes(f, sys.byteorder) for f in frames)))
@@ -173,6 +179,7 @@ class Proxy:
         """Stop forwarding and close every socket (linger 0); safe to call twice."""
         with self._lock:
             if self._thread is not None and self._thread.is_alive() and not self._closed:
+                # Queued behind an unanswered STATISTICS, if any: handled once the proxy is free.
                 try:
                     self._steer.send(b"TERMINATE", zmq.NOBLOCK)
                 except zmq.ZMQError:

@@ -72,6 +72,9 @@ def test_input_drains_in_batches_and_follows_subscriptions() -> None:
         inp.start(asyncio.get_running_loop())
         inp.subscribe(b"yes")
         pub = ctx.socket(zmq.XPUB)
+        # The burst below is sent while the loop is blocked: with the default high-water mark
+        # (1,000) a busy machine's I/O threads fall behind and the XPUB drops the rest.
+        pub.setsockopt(zmq.SNDHWM, 0)
         pub.connect(endpoint)
         # The bound SUB sends its subscriptions when the loop serves it: wait off the loop.
         loop = asyncio.get_running_loop()

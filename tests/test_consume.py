@@ -216,12 +216,14 @@ class Consume:
 
     def summary(self) -> dict[str, int]:
         m = re.search(
-            r"summary: (\d+) messages? from (\d+) sources?; (\d+) missing, (\d+) duplicate, "
-            r"(\d+) restarts?; (\d+) malformed; (\d+) without source",
+            r"summary: (\d+) messages? from (\d+) sources?, (\d+) written; (\d+) missing, "
+            r"(\d+) duplicate \(not written\), (\d+) restarts?; (\d+) malformed; "
+            r"(\d+) without source",
             self.stderr,
         )
         assert m, self.stderr
-        keys = ("messages", "sources", "missing", "duplicates", "restarts", "malformed", "unstamped")
+        keys = ("messages", "sources", "written", "missing", "duplicates", "restarts", "malformed",
+                "unstamped")
         return dict(zip(keys, map(int, m.groups())))
 
 
@@ -276,8 +278,8 @@ def test_ten_threads_sharing_one_publisher_deliver_everything_in_order(
         assert mine == [f"{i}:{j}:" + "x" * (j % 97) for j in range(per_thread)]
     assert no_gap_reported(c.stderr)
     assert c.summary() == {
-        "messages": 10000, "sources": 1, "missing": 0, "duplicates": 0, "restarts": 0,
-        "malformed": 0, "unstamped": 0,
+        "messages": 10000, "sources": 1, "written": 10000, "missing": 0, "duplicates": 0,
+        "restarts": 0, "malformed": 0, "unstamped": 0,
     }
     assert f"{pub.source}: 10000 messages, seq 1..10000, 0 missing" in c.stderr
 
@@ -367,20 +369,107 @@ def test_a_signal_flushes_every_line_received_prints_the_summary_and_exits_0(
 def test_gaps_duplicates_and_restarts_are_reported_on_stderr_and_in_the_summary(
     consume: Callable[..., Consume],
 ) -> None:
-    c = consume("--count", "10")
+    # --count counts the lines written: the duplicate (5) is not one of them.
+    c = consume("--count", "9")
     with Publisher(c.endpoint, source="gappy", subscriber_timeout=10 * UNIT, linger=10 * UNIT) as pub:
         for n in (1, 2, 3, 7, 8, 10, 5, 11, 1, 2):
             pub.send("t", f"n{n}", seq=n)
     assert c.wait(30 * UNIT) == 0
-    assert [ln["seq"] for ln in c.lines()] == [1, 2, 3, 7, 8, 10, 5, 11, 1, 2]
+    assert [ln["seq"] for ln in c.lines()] == [1, 2, 3, 7, 8, 10, 11, 1, 2]
     err = c.stderr
     assert re.search(r"WARNING zmqws.consume: gap from source gappy: missing seq 4..6 \(3 messages\)", err)
     assert re.search(r"WARNING zmqws.consume: gap from source gappy: missing seq 9 \(1 message\)", err)
-    assert "duplicate or late message from source gappy: seq 5, already at 10" in err
+    assert ("duplicate from source gappy: seq 5 (1 message) already written, not written again "
+            "(the source is at seq 10)") in err
     assert "source gappy restarted: seq 1 after 11" in err
+    assert "stopping: 9 messages written (--count)" in err
     s = c.summary()
-    assert (s["messages"], s["missing"], s["duplicates"], s["restarts"]) == (10, 4, 1, 1)
+    assert (s["messages"], s["written"], s["missing"], s["duplicates"], s["restarts"]) == (10, 9, 4, 1, 1)
     assert "gappy: 10 messages, seq 1..2, 4 missing, 1 duplicate, 1 restart" in err
+
+
+def test_duplicates_are_counted_and_not_written_and_a_run_of_them_is_one_warning(
+    consume: Callable[..., Consume],
+) -> None:
+    # What a `zmqws tail --state` restarted after a crash sends: the lines after its last saved
+    # place again, with the same numbers, then new ones.
+    c = consume("--count", "8")
+    with Publisher(c.endpoint, source="resumed", subscriber_timeout=10 * UNIT,
+                   linger=10 * UNIT) as pub:
+        for n in (*range(1, 7), *range(3, 9)):
+            pub.send("t", f"line {n}", seq=n)
+    assert c.wait(30 * UNIT) == 0
+    assert [(ln["seq"], ln["data"]) for ln in c.lines()] == [(n, f"line {n}") for n in range(1, 9)]
+    err = c.stderr
+    assert len(re.findall(r"WARNING zmqws.consume: duplicate", err)) == 1, err
+    assert ("duplicates from source resumed: seq 3..6 (4 messages) already written, not written "
+            "again (the source is at seq 6)") in err
+    s = c.summary()
+    assert (s["messages"], s["written"], s["missing"], s["duplicates"], s["restarts"]) == (12, 8, 0, 4, 0)
+
+
+def test_a_flood_past_every_high_water_mark_is_delivered_or_reported_missing_exactly(
+    consume: Callable[..., Consume],
+) -> None:
+    """A plain publisher (XPUB without NODROP: it drops at its SNDHWM, as PUB does) floods a
+    consumer that stops reading: written + reported missing = sent, to the message."""
+    c = consume()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    payload = b"x" * 1000
+    sent = 0
+
+    def send() -> int:
+        nonlocal sent
+        sent += 1
+        pub.send_multipart([b"flood", b"%08d " % sent + payload, encode_meta("flood", sent, time.time())])
+        return sent
+
+    def last_seq() -> int:
+        with open(c.output, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            tail = f.read().rsplit(b"\n", 2)
+        return int(json.loads(tail[-2])["seq"]) if len(tail) >= 2 else 0
+
+    try:
+        pub.setsockopt(zmq.SNDHWM, 10)
+        pub.connect(c.endpoint)
+        # XPUB shows the subscription arriving: the first message is not lost to a slow joiner.
+        assert pub.poll(int(10_000 * UNIT)) and pub.recv() == b"\x01"
+        send()
+        wait_for(lambda: c.count() == 1, 10 * UNIT, "the first message")
+        # The consumer stops reading; 40 MB go past its queue (RCVHWM), the kernel's buffers and
+        # the publisher's SNDHWM, where they are dropped.
+        os.kill(c.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(40_000):
+                send()
+        finally:
+            os.kill(c.proc.pid, signal.SIGCONT)
+        # Then one message at a time until one is seen: everything sent before it was either
+        # written or dropped by then (ZeroMQ keeps the order), so the count is final.
+        deadline = time.monotonic() + 60 * UNIT
+        while True:
+            n = send()
+            try:
+                wait_for(lambda: c.count() and last_seq() == n, 0.2 * UNIT, "the last message")
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+        c.proc.send_signal(signal.SIGTERM)
+        assert c.wait(30 * UNIT) == 0
+    finally:
+        pub.close(linger=0)
+        ctx.term()
+    s = c.summary()
+    assert s["written"] + s["missing"] == sent
+    assert s["missing"] > 0, "nothing was dropped: the flood did not go past the high-water marks"
+    assert (s["duplicates"], s["restarts"], s["sources"]) == (0, 0, 1)
+    seqs = [int(ln.split(b'"seq": ')[1].split(b"}")[0]) for ln in c.output.read_bytes().splitlines()]
+    assert len(seqs) == s["written"] and seqs == sorted(set(seqs)) and seqs[-1] == sent
+    reported = sum(int(m) for m in re.findall(r"gap from source flood: missing seq \S+ \((\d+) messages?\)", c.stderr))
+    assert reported == s["missing"] == sent - len(seqs)
 
 
 def test_non_utf8_data_is_base64_and_foreign_messages_have_null_metadata(

@@ -67,6 +67,9 @@ log = logging.getLogger("zmqws.consume")
 # DESIGN.md principle 2: drain what is ready, but look at the signal socket at least every 1,000
 # messages, so that SIGTERM is obeyed promptly even under a flood.
 _BATCH = 1000
+# A run of duplicates is said in one warning when it ends: at the source's next new message, or
+# after this long without one (a resend of a few hundred lines spans several bursts).
+_DUPLICATES_QUIET_MS = 1000
 # 64 KiB of output between flushes at most: about 500 log lines, far fewer system calls than one
 # per line, and small enough that a burst is on disk within a few milliseconds.
 _OUTPUT_BUFFER = 1 << 16
@@ -176,8 +179,8 @@ class _Consumer:
         self.messages = 0
         self.written = 0
         # Runs of duplicates not logged yet, per source: [first seq, last seq, count, source at].
-        # Logged as one line when the run ends, so a producer that resends 1,000 lines after a
-        # restart makes one warning, not a thousand.
+        # Logged as one line when the run ends (see _DUPLICATES_QUIET_MS), so a producer that
+        # resends 1,000 lines after a restart makes one warning, not a thousand.
         self._dups: dict[str, list[int]] = {}
         self.malformed = 0
         self.unstamped = 0
@@ -242,16 +245,20 @@ class _Consumer:
         recv = sock.recv_multipart
         noblock = zmq.NOBLOCK
         while True:
+            timeout = None
             if idle:
                 left = last_activity + idle - time.monotonic()
                 if left <= 0:
                     return f"no message for {idle:g} s (--idle-exit)"
-                ready = dict(poller.poll(max(1, int(left * 1000))))
-            else:
-                ready = dict(poller.poll())
+                timeout = max(1, int(left * 1000))
+            if self._dups:
+                timeout = min(timeout or _DUPLICATES_QUIET_MS, _DUPLICATES_QUIET_MS)
+            ready = dict(poller.poll(timeout))
             if wake_fd in ready or signals.received:
                 return f"{signals.name()} received"
             if sock not in ready:
+                if not ready and self._dups:
+                    self._say_duplicates()
                 continue
             last_activity = time.monotonic()
             try:
@@ -260,8 +267,6 @@ class _Consumer:
             except zmq.Again:
                 # Nothing more ready: the burst is over, let readers of the output see it.
                 self.out.flush()
-                if self._dups:
-                    self._say_duplicates()
             except _Stop as stop:
                 return str(stop)
 

@@ -69,6 +69,11 @@ class Publisher:
         curve: CURVE keys (:func:`zmqws.config.producer_curve`): encrypt, and authenticate this
             producer to a gateway started with ``--curve-secret-key``.
 
+    Multicast (a ``pgm://`` or ``epgm://`` endpoint): PGM carries no subscriptions back to the
+    publisher, so nobody can be waited for there. :attr:`multicast` is then True, and neither
+    :meth:`send` nor :meth:`wait_for_subscriber` waits: every message goes out to whoever listens
+    (the full-queue backpressure still holds).
+
     Raises:
         ConfigError: a malformed endpoint.
         StartupError: the endpoint cannot be bound (address in use, ...).
@@ -90,6 +95,7 @@ class Publisher:
         for ep in endpoints:
             check_endpoint(ep)
         self.source = source or f"{socket.gethostname()}:{os.getpid()}"
+        self.multicast = any(ep.partition("://")[0] in ("pgm", "epgm") for ep in endpoints)
         self.subscriber_timeout = subscriber_timeout
         self.lossless = lossless
         self._linger_ms = max(0, int(linger * 1000))
@@ -142,7 +148,11 @@ class Publisher:
         return any(topic.startswith(p) for p in self._subscriptions)
 
     def wait_for_subscriber(self, topic: str | bytes = b"", timeout: float | None = None) -> bool:
-        """Wait until some subscriber wants ``topic``; True if one does, False on timeout."""
+        """Wait until some subscriber wants ``topic``; True if one does, False on timeout.
+
+        Always True at once with a multicast endpoint, where subscribers cannot be seen."""
+        if self.multicast:
+            return True
         t = _as_bytes(topic)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:

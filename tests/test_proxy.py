@@ -279,6 +279,8 @@ def test_errors_are_one_line_with_their_exit_codes(ctx) -> None:
              "Address already in use"),
             (("--frontend", tcp(), "--backend", tcp(), "--status", f"127.0.0.1:{busy}"), 3,
              "address already in use"),
+            (("--frontend", tcp(), "--backend", tcp(), "--multicast-rate", "0"), 2,
+             "--multicast-rate"),
         ]
         for args, code, needle in cases:
             r = run(*args)

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from . import __version__, config
 from .exceptions import ConfigError, StartupError
+from .zmq_io import MULTICAST_RATE, MULTICAST_RATE_ENV, multicast_rate
 
 __all__ = ["main", "build_parser"]
 
@@ -107,6 +108,7 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--echo", action="store_true",
                    help="also serve /echo, a WebSocket echo endpoint using the same connection "
                    "code as /ws (for conformance suites such as Autobahn)")
+    _multicast_flag(p)
     p.set_defaults(run=_run_gateway)
 
 
@@ -179,6 +181,7 @@ def _add_tail(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--state", default=None, metavar="FILE",
                    help="save how far each file was handed over here, and resume from it after "
                    "a crash or restart (each line exactly once, with the aggregator)")
+    _multicast_flag(p)
     p.set_defaults(run=_run_tail)
 
 
@@ -208,6 +211,7 @@ def _add_publish(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="how long to wait for a subscriber that wants TOPIC (0: do not wait)")
     p.add_argument("--linger", type=float, default=30.0, metavar="SECONDS",
                    help="at exit, how long to wait for queued messages to be sent")
+    _multicast_flag(p)
     p.set_defaults(run=_run_publish)
 
 
@@ -241,6 +245,7 @@ def _add_consume(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="exit after N messages (0: run until stopped)")
     p.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS",
                    help="exit after this long without a message (0: never)")
+    _multicast_flag(p)
     p.set_defaults(run=_run_consume)
 
 
@@ -311,6 +316,7 @@ def _add_proxy(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--no-drop", action="store_true",
                    help="when a gateway's queue is full, wait (push back on every producer) "
                    "instead of dropping for that gateway")
+    _multicast_flag(p)
     p.set_defaults(run=_run_proxy)
 
 
@@ -322,6 +328,12 @@ def _run_proxy(a: argparse.Namespace) -> int:
         frontend_connect=tuple(a.frontend_connect), backend_connect=tuple(a.backend_connect),
         status=a.status, stats_interval=a.stats_interval, hwm=a.hwm, no_drop=a.no_drop,
     ))
+
+
+def _multicast_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--multicast-rate", type=int, default=None, metavar="KBIT_S",
+                   help="send rate of pgm:// and epgm:// endpoints in kbit/s (default "
+                   f"{MULTICAST_RATE}, or ${MULTICAST_RATE_ENV})")
 
 
 def _add_keygen(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -379,6 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
+        if getattr(args, "multicast_rate", None) is not None:
+            # Read by zmq_io when a socket meets a pgm/epgm endpoint, here and in the
+            # processes this one starts (gateway workers).
+            os.environ[MULTICAST_RATE_ENV] = str(args.multicast_rate)
+            multicast_rate()  # check it now: one line and exit 2 when it is out of range
         return int(args.run(args))
     except ConfigError as exc:
         print(f"zmqws {args.command}: error: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ awaited future per message costs dozens of times more than this drain.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +31,11 @@ __all__ = [
     "attach",
     "SubscriberInput",
     "PGM_HELP",
+    "is_multicast",
+    "multicast_rate",
+    "apply_multicast",
+    "MULTICAST_RATE",
+    "MULTICAST_RATE_ENV",
     "DEFAULT_BATCH",
     "DEFAULT_BATCH_BYTES",
 ]
@@ -39,6 +45,22 @@ PGM_HELP = (
     "system libzmq: apt-get install libzmq3-dev libpgm-dev && "
     "PYZMQ_NO_BUNDLE=1 pip install --no-binary pyzmq pyzmq"
 )
+
+# Multicast defaults, set on every socket that binds or connects a pgm:// or epgm:// endpoint
+# (STYLE rule 12). ZeroMQ's own RATE default, 100 kbit/s, is too slow for logs: a burst of 10,000
+# lines of ~150 bytes takes two minutes to leave and a receiver that falls behind loses most of it;
+# 10 Mbit/s sends it in about a second and is still a small share of a LAN. Override it with
+# --multicast-rate (which sets ZMQWS_MULTICAST_RATE for the process and the ones it starts).
+MULTICAST_RATE = 10_000  # kbit/s
+MULTICAST_RATE_ENV = "ZMQWS_MULTICAST_RATE"
+# 10 s of history kept for PGM repairs (libzmq's default, written down): rate x interval = 12.5 MB
+# of sender memory at the default rate; a receiver that falls further behind loses data (a gap).
+MULTICAST_RECOVERY_IVL_MS = 10_000
+# 4 MiB kernel buffers (the kernel caps them at net.core.wmem_max / rmem_max): a quarter of a
+# second of the default rate, against the 208 KiB default that overflows on a burst.
+MULTICAST_BUFFER = 4 << 20
+log = logging.getLogger("zmqws.zmq_io")
+_warned: set[str] = set()
 
 _TCP = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.%\w]+\]|[\w.\-;%:]+?):(\*|\d{1,5})$")
 
@@ -141,8 +163,62 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+def is_multicast(endpoint: str) -> bool:
+    """True for ``pgm://`` and ``epgm://`` endpoints."""
+    return endpoint.partition("://")[0] in ("pgm", "epgm")
+
+
+def multicast_rate() -> int:
+    """The PGM send rate in kbit/s: ``ZMQWS_MULTICAST_RATE`` if set, else :data:`MULTICAST_RATE`.
+
+    Raises:
+        ConfigError: the variable is not a whole number from 1 to 10,000,000.
+    """
+    value = os.environ.get(MULTICAST_RATE_ENV, "").strip()
+    if not value:
+        return MULTICAST_RATE
+    if not value.isdigit() or not 1 <= int(value) <= 10_000_000:
+        raise ConfigError(
+            f"--multicast-rate ({MULTICAST_RATE_ENV}): {value!r} is not a rate in kbit/s "
+            "from 1 to 10000000"
+        )
+    return int(value)
+
+
+def apply_multicast(sock: zmq.Socket, endpoint: str) -> None:  # type: ignore[type-arg]
+    """Set zmqws's multicast defaults on ``sock`` before it binds or connects ``endpoint``.
+
+    Rate, recovery interval and kernel buffers as above. A socket left at libzmq's LINGER
+    default (-1, for ever) gets 0 so that closing it never hangs on a rate-limited sender;
+    one given a bounded linger (the Publisher's ``linger``) keeps it. A receiving socket gets
+    no RCVHWM (0): PGM cannot slow its sender down, so a bounded queue only loses data, and
+    libzmq 4.3's PGM receiver aborts the process when its queue is full (seen with 4.3.4:
+    "Resource temporarily unavailable (src/pgm_receiver.cpp:131)"). What it holds is bounded
+    by the sender's rate instead.
+
+    Logs one WARNING per endpoint: multicast has no authentication or encryption.
+    """
+    sock.setsockopt(zmq.RATE, multicast_rate())
+    sock.setsockopt(zmq.RECOVERY_IVL, MULTICAST_RECOVERY_IVL_MS)
+    sock.setsockopt(zmq.SNDBUF, MULTICAST_BUFFER)
+    sock.setsockopt(zmq.RCVBUF, MULTICAST_BUFFER)
+    if sock.getsockopt(zmq.LINGER) < 0:
+        sock.setsockopt(zmq.LINGER, 0)
+    if sock.type in (zmq.SUB, zmq.XSUB):
+        sock.setsockopt(zmq.RCVHWM, 0)
+    if endpoint not in _warned:
+        _warned.add(endpoint)
+        log.warning(
+            "%s: multicast reaches every host that joins the group, with no authentication or "
+            "encryption (CURVE does not apply to PGM): use it only on a trusted network",
+            endpoint,
+        )
+
+
 def attach(sock: zmq.Socket, endpoints: Iterable[str], *, bind: bool) -> None:  # type: ignore[type-arg]
     """Bind or connect ``sock`` to every endpoint, turning libzmq errors into one clear line.
+
+    Multicast endpoints get :func:`apply_multicast`'s defaults first.
 
     Raises:
         ConfigError: an endpoint is malformed.
@@ -150,11 +226,18 @@ def attach(sock: zmq.Socket, endpoints: Iterable[str], *, bind: bool) -> None:  
     """
     for ep in endpoints:
         check_endpoint(ep)
+        if is_multicast(ep):
+            apply_multicast(sock, ep)
         try:
             sock.bind(ep) if bind else sock.connect(ep)
         except zmq.ZMQError as exc:
             verb = "bind" if bind else "connect"
             reason = zmq.strerror(exc.errno) if exc.errno else str(exc)
+            if is_multicast(ep) and exc.errno == zmq.EINVAL:
+                reason += (" (INTERFACE must be an address of this host or an interface name, "
+                           "GROUP a multicast address such as 239.192.1.1)")
+            elif ep.startswith("pgm://") and exc.errno == zmq.EPERM:
+                reason += " (pgm:// needs raw sockets, root or CAP_NET_RAW; epgm:// does not)"
             raise StartupError(f"cannot {verb} {ep}: {reason}") from None
 
 

@@ -1621,7 +1621,9 @@ def test_a_state_that_cannot_be_written_any_more_is_said_once_and_the_lines_go_o
     with caplog.at_level("INFO", logger="zmqws.tail"):
         thread.start()
         try:
-            wait_for(state.exists, 10 * UNIT, "the state file")
+            # Saved once the file is open; nothing more is saved until lines come.
+            wait_for(lambda: state.exists() and str(path) in state.read_text(), 10 * UNIT,
+                     "the file's entry in the state")
             blocker.mkdir()  # the next saves cannot write their temporary file
             with path.open("ab") as w:
                 for i in range(1, 301):

@@ -159,7 +159,9 @@ def _add_tail(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         help="follow files and publish each line",
         description="Follow files like tail -F (appends, rotation, truncation) and publish each "
         "line, without its line terminator, as one message. Waits for a subscriber before sending "
-        "and blocks rather than drop when the subscriber is slow.",
+        "and blocks rather than drop when the subscriber is slow (on pgm:// and epgm:// there is "
+        "no subscriber to wait for: it sends at once). --state FILE: resume where it stopped, "
+        "each line exactly once with zmqws consume (docs/delivery.md).",
         formatter_class=_fmt(),
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files to follow")

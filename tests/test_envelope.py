@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zmqws.envelope import (
+    META_MARK,
     OP_BINARY,
     OP_TEXT,
     Message,
@@ -36,6 +37,19 @@ def parse_frame(b: bytes) -> tuple[int, bytes]:
         (n,), off = struct.unpack("!Q", b[2:10]), 10
     assert len(b) == off + n
     return b[0] & 0x0F, b[off:]
+
+
+def refuse_constant(token: str) -> object:
+    raise ValueError(f"{token} is not JSON (RFC 8259 §6)")
+
+
+# Every JSON value, with what Python's json reads beyond RFC 8259: NaN, ±Infinity, lone surrogates.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(10**300, 10**400)
+    | st.floats() | st.text(max_size=10) | st.sampled_from(["\ud800", "a\udcff"]),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3),
+    max_leaves=8,
+)
 
 
 class TestDecode:
@@ -64,6 +78,34 @@ class TestDecode:
     def test_metadata_with_wrong_types_is_ignored(self) -> None:
         msg = decode([b"t", b"d", b'{"zmqws":1,"src":5,"seq":"7","ts":true}'])
         assert (msg.source, msg.source_seq, msg.ts) == (None, None, None)
+
+    @pytest.mark.parametrize("ts", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"1" + b"0" * 400])
+    def test_a_ts_that_is_no_finite_float_is_dropped_and_the_rest_kept(self, ts: bytes) -> None:
+        msg = decode([b"t", b"d", b'{"zmqws":1,"src":"h:1","seq":3,"ts":' + ts + b"}"])
+        assert (msg.source, msg.source_seq, msg.ts) == ("h:1", 3, None)
+        json.loads(parse_frame(json_frame(msg, 1))[1], parse_constant=refuse_constant)
+
+    def test_a_source_with_lone_surrogates_keeps_them_as_escapes(self) -> None:
+        # What json.dumps makes of a file name that is not UTF-8, read with surrogateescape.
+        a = decode([b"t", b"d", encode_meta("h:/var/log/\udcff.log", 1, 1.0)])
+        b = decode([b"t", b"d", encode_meta("h:/var/log/\udcfe.log", 1, 1.0)])
+        lone = decode([b"t", b"d", b'{"zmqws":1,"src":"\\ud800","seq":1}'])
+        assert a.source == "h:/var/log/\\udcff.log" and lone.source == "\\ud800"
+        assert a.source != b.source  # still two sources, each with its own sequence
+        obj = json.loads(parse_frame(json_frame(a, 1))[1].decode("utf-8"))
+        assert obj["source"] == "h:/var/log/\\udcff.log"
+
+    def test_metadata_nested_too_deep_is_ignored_not_fatal(self) -> None:
+        meta = b'{"zmqws":1,"seq":1,"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        msg = decode([b"t", b"d", meta])
+        assert (msg.source, msg.source_seq, msg.ts) == (None, None, None)
+
+    @given(st.dictionaries(st.sampled_from(["src", "seq", "ts", "x"]), json_values, max_size=4))
+    def test_any_metadata_gives_a_message_that_frames_as_strict_json(self, meta: dict) -> None:
+        frame = META_MARK + (b"," + json.dumps(meta).encode()[1:] if meta else b"}")
+        body = parse_frame(json_frame(decode([b"t", b"d", frame]), 1))[1]
+        obj = json.loads(body.decode("utf-8"), parse_constant=refuse_constant)
+        assert obj["topic"] == "t" and obj["data"] == "d"
 
     @pytest.mark.parametrize("frames", [[], [b""], [b" data"], [b"", b"data"]])
     def test_malformed_messages_raise(self, frames: list[bytes]) -> None:
@@ -101,6 +143,13 @@ class TestFrames:
         obj = json.loads(body)
         assert obj["encoding"] == "base64"
         assert base64.b64decode(obj["data"]) == b"\xff\xfe\x00"
+
+    @pytest.mark.parametrize("msg", [Message(b"t", b"d", ts=float("nan")),
+                                     Message(b"t", b"d", ts=float("inf")),
+                                     Message(b"t", b"d", source="\ud800")])
+    def test_json_frame_refuses_what_json_cannot_carry(self, msg: Message) -> None:
+        with pytest.raises(ValueError):  # never a text frame with NaN or invalid UTF-8 in it
+            json_frame(msg, 1)
 
     def test_control_frame(self) -> None:
         assert json.loads(parse_frame(control_frame({"op": "gap", "missed": 3}))[1]) == {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 from dataclasses import dataclass
 
@@ -81,18 +82,38 @@ def encode_meta(source: str, seq: int, ts: float) -> bytes:
 
 
 def _decode_meta(frame: bytes) -> tuple[str | None, int | None, float | None]:
+    """``(source, seq, ts)`` from a metadata frame; a field that is missing or unusable is None.
+
+    The frame comes from a producer nobody controls, and what is read here goes into JSON text
+    frames (RFC 8259, RFC 6455 §8.1), so: a ``ts`` that is no finite float (``NaN``,
+    ``Infinity``, an integer past 1e308) is dropped; a ``src`` with lone surrogates (``"\\ud800"``
+    is valid JSON, and it is what a zmqws producer sends for a path that is not UTF-8) keeps them
+    as ``\\udcXX`` text, so that distinct sources stay distinct.
+    """
     try:
         meta = json.loads(frame)
         source = meta.get("src")
         seq = meta.get("seq")
         ts = meta.get("ts")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None, None, None
-    return (
-        source if isinstance(source, str) else None,
-        seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
-        float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None,
-    )
+    if isinstance(source, str):
+        try:
+            source.encode("utf-8")
+        except UnicodeEncodeError:
+            source = source.encode("utf-8", "backslashreplace").decode("utf-8")
+    else:
+        source = None
+    if isinstance(ts, (int, float)) and not isinstance(ts, bool):
+        try:
+            ts = float(ts)
+        except OverflowError:
+            ts = None
+        else:
+            ts = ts if math.isfinite(ts) else None
+    else:
+        ts = None
+    return source, seq if isinstance(seq, int) and not isinstance(seq, bool) else None, ts
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -148,6 +169,10 @@ def json_frame(msg: Message, seq: int) -> bytes:
     ``seq`` is the gateway's own message number. Data that is not valid UTF-8 is sent base64
     encoded with ``"encoding": "base64"``: a text frame must never carry invalid UTF-8 (RFC 6455
     §8.1). ``source`` and ``source_seq`` are present when a zmqws producer stamped the message.
+
+    Raises:
+        ValueError: a ``ts`` that is not finite, or a ``source`` with lone surrogates, which no
+            JSON text frame can carry; :func:`decode` never builds such a message.
     """
     obj: dict[str, object] = {"topic": msg.topic.decode("utf-8", "replace")}
     try:
@@ -162,9 +187,22 @@ def json_frame(msg: Message, seq: int) -> bytes:
         obj["source"] = msg.source
     if msg.source_seq is not None:
         obj["source_seq"] = msg.source_seq
-    return ws_frame(json.dumps(obj, ensure_ascii=False, separators=_COMPACT).encode("utf-8"), OP_TEXT)
+    return _json_text(obj)
+
+
+def _json_text(obj: dict[str, object]) -> bytes:
+    # allow_nan=False: NaN and Infinity are not JSON (RFC 8259 §6); UnicodeEncodeError (lone
+    # surrogates) is a ValueError too.
+    return ws_frame(
+        json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=_COMPACT).encode("utf-8"),
+        OP_TEXT,
+    )
 
 
 def control_frame(obj: dict[str, object]) -> bytes:
-    """A JSON text frame for a server message that is not data (``gap``, ``error``, acks)."""
-    return ws_frame(json.dumps(obj, ensure_ascii=False, separators=_COMPACT).encode("utf-8"), OP_TEXT)
+    """A JSON text frame for a server message that is not data (``gap``, ``error``, acks).
+
+    Raises:
+        ValueError: a value JSON cannot carry (NaN, Infinity, a lone surrogate).
+    """
+    return _json_text(obj)

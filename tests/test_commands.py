@@ -21,6 +21,8 @@ from zmqws.exceptions import ClientError, CommandError
         ('{"op":"publish","topic":"t"}', Publish(b"t", b"")),
         ('{"op":"ping"}', Ping()),
         ('{"op":"ping","id":7}', Ping(7)),
+        ('{"op":"ping","id":-0.5}', Ping(-0.5)),
+        ('{"op":"ping","id":"\\u00e9"}', Ping("é")),
     ],
 )
 def test_valid_commands(text: str, expected: object) -> None:
@@ -40,6 +42,13 @@ def test_valid_commands(text: str, expected: object) -> None:
         ('{"op":"publish","topic":""}', "bad_command"),
         ('{"op":"publish","topic":"t","data":5}', "bad_command"),
         ('{"op":"ping","id":{}}', "bad_command"),
+        # Python's json reads these, but the pong could not carry them back: NaN and Infinity
+        # are not JSON (RFC 8259 §6), a lone surrogate is not UTF-8.
+        ('{"op":"ping","id":NaN}', "bad_command"),
+        ('{"op":"ping","id":Infinity}', "bad_command"),
+        ('{"op":"ping","id":-Infinity}', "bad_command"),
+        ('{"op":"ping","id":1e999}', "bad_command"),
+        ('{"op":"ping","id":"\\ud800"}', "bad_command"),
         ('{"op":"subscribe","topics":["' + "x" * 2000 + '"]}', "topic_too_long"),
         (json.dumps({"op": "subscribe", "topics": [str(i) for i in range(300)]}), "too_many_subscriptions"),
         ("[" * 100_000, "bad_json"),
@@ -78,3 +87,21 @@ def test_any_json_value_parses_or_raises_a_client_error(value: object) -> None:
             parse_command(json.dumps(obj))
         except ClientError:
             pass
+
+
+def _refuse(token: str) -> object:
+    raise ValueError(f"{token} is not JSON")
+
+
+@given(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10),
+                 st.sampled_from(["\ud800", "a\udfff"]), st.lists(st.integers(), max_size=2)))
+def test_every_pong_is_strict_json_in_utf8(ident: object) -> None:
+    text = json.dumps({"op": "ping", "id": ident})  # NaN, Infinity and \ud800 escapes included
+    try:
+        cmd = parse_command(text)
+    except CommandError:
+        return
+    assert isinstance(cmd, Ping)
+    reply = json.dumps(cmd.reply(), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    want = {"op": "pong"} if ident is None else {"op": "pong", "id": ident}
+    assert json.loads(reply, parse_constant=_refuse) == want

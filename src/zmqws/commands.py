@@ -8,6 +8,7 @@ of the ``error`` reply; an invalid command never exists as a value (STYLE rule 7
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from .exceptions import CommandError
@@ -80,6 +81,19 @@ def _topics(obj: dict[str, object], limits: Limits) -> tuple[bytes, ...]:
     return tuple(dict.fromkeys(_topic(t, limits, "each topic") for t in topics))
 
 
+def _ping_id(ident: object) -> object:
+    """The ``id`` echoed in the pong: only what JSON can carry back (RFC 8259: no NaN or
+    Infinity, which Python's json reads, and no lone surrogates, which UTF-8 cannot encode)."""
+    if ident is None or isinstance(ident, int):
+        return ident
+    if isinstance(ident, str):
+        _utf8(ident, '"id"')
+        return ident
+    if isinstance(ident, float) and math.isfinite(ident):
+        return ident
+    raise CommandError('"id" must be a string or a finite number', code="bad_command")
+
+
 def parse_command(text: str, limits: Limits = Limits()) -> Command:
     """Parse one JSON text message from a client.
 
@@ -107,10 +121,7 @@ def parse_command(text: str, limits: Limits = Limits()) -> Command:
             raise CommandError('"data" must be a string', code="bad_command")
         return Publish(topic, _utf8(data, '"data"'))
     if op == "ping":
-        ident = obj.get("id")
-        if ident is not None and not isinstance(ident, (str, int, float)):
-            raise CommandError('"id" must be a string or a number', code="bad_command")
-        return Ping(ident)
+        return Ping(_ping_id(obj.get("id")))
     raise CommandError(
         f"unknown op {op!r}; use subscribe, unsubscribe, publish or ping", code="bad_command"
     )

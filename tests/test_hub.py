@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 
-from test_envelope import parse_frame
+from test_envelope import parse_frame, refuse_constant
 
 from zmqws.envelope import encode_meta
 from zmqws.hub import Hub, HubStats, Outbox
+from zmqws.sequence import GapCounter
 
 
 class Client:
@@ -229,3 +231,65 @@ class TestSourceGaps:
         missed = sum(m["missed"] for m in slow.json())
         assert len(data) + missed == 6, (data, slow.json())
         assert hub.stats.deliveries == 3
+
+
+class TestOneBadMessage:
+    """A message that raises costs only itself: not the rest of its batch, not a client group."""
+
+    def test_metadata_that_once_raised_is_delivered_without_the_bad_field(self) -> None:
+        hub = Hub()
+        c = join(hub, "json")
+        hub.dispatch([[b"t", b"1"],
+                      [b"t", b"2", b'{"zmqws":1,"ts":1' + b"0" * 400 + b"}"],  # OverflowError once
+                      [b"t", b"3", b'{"zmqws":1,"src":"\\ud800","seq":1}'],  # UnicodeEncodeError once
+                      [b"t", b"4", b'{"zmqws":1,"ts":NaN}'],  # forwarded as bare NaN once
+                      [b"t", b"5"]])
+        msgs = [json.loads(p, parse_constant=refuse_constant) for op, p in c.frames()]
+        assert [m["data"] for m in msgs] == ["1", "2", "3", "4", "5"]
+        assert "ts" not in msgs[1] and "ts" not in msgs[3] and msgs[2]["source"] == "\\ud800"
+        assert hub.stats.malformed == 0
+
+    def test_the_batch_and_the_groups_go_on_after_an_exception(self, caplog) -> None:
+        class Unforeseen(GapCounter):
+            """A stand-in for any bug a producer's message may hit inside dispatch."""
+
+            def observe(self, source: str, seq: int):  # type: ignore[no-untyped-def]
+                if source == "bad":
+                    raise RuntimeError("unforeseen")
+                return super().observe(source, seq)
+
+        hub = Hub()
+        hub.sources = Unforeseen()
+        raw, js = join(hub, "raw"), join(hub, "json")
+        bad = [b"t", b"bad", encode_meta("bad", 1, 0.0)]
+        with caplog.at_level(logging.WARNING, logger="zmqws.hub"):
+            hub.dispatch([[b"t", b"1"], bad, [b"t", b"2"]])
+            hub.dispatch([[b"t", b"3"]])  # the groups that held parts when it raised still get data
+            for _ in range(3):
+                hub.dispatch([bad])
+        assert raw.data() == [b"1", b"2", b"3"]
+        assert [m["data"] for m in js.json()] == ["1", "2", "3"]
+        assert hub.stats.malformed == 4 and hub.unreadable == 4
+        # One line each on the 1st, 2nd and 4th time, at WARNING, without a traceback.
+        records = [r for r in caplog.records if r.name == "zmqws.hub"]
+        assert len(records) == 3
+        assert all(r.levelno == logging.WARNING and r.exc_info is None for r in records)
+        assert "RuntimeError: unforeseen" in records[0].getMessage()
+
+    def test_a_failing_client_does_not_cost_the_others_their_batch(self, caplog) -> None:
+        hub = Hub()
+        before = join(hub, "raw")
+        broken = Client()
+
+        def write(b: bytes) -> None:
+            raise OSError("a transport bug")
+
+        hub.join(broken, Outbox(write, lambda c, r: None, 1 << 20, "drop", hub.stats), "raw",
+                 frozenset([b""]))
+        after, other = join(hub, "raw"), join(hub, "json", [b"t"])
+        with caplog.at_level(logging.ERROR, logger="zmqws.hub"):
+            hub.dispatch([[b"t", b"1"]])
+            hub.dispatch([[b"t", b"2"]])
+        assert before.data() == after.data() == [b"1", b"2"]
+        assert [m["data"] for m in other.json()] == ["1", "2"]
+        assert [r.levelno for r in caplog.records if r.name == "zmqws.hub"] == [logging.ERROR] * 2

@@ -30,6 +30,7 @@ clients never wait for it.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from .topics import Group, TopicIndex
 __all__ = ["Hub", "Outbox", "HubStats", "FORMATS"]
 
 FORMATS = ("json", "raw")
+
+log = logging.getLogger("zmqws.hub")
 
 CLOSE_POLICY_VIOLATION = 1008
 # Sources whose sequence numbers are tracked: each costs one small record; past this many, new
@@ -177,6 +180,7 @@ class Hub:
         self.sources = GapCounter()
         self.max_sources = MAX_SOURCES
         self.seq = 0
+        self.unreadable = 0  # messages that raised in dispatch (counted as malformed too)
         self._outboxes: dict[object, Outbox] = {}
 
     # -- clients ------------------------------------------------------------------------------
@@ -216,6 +220,15 @@ class Hub:
         self.stats.source_missing += obs.missing
         return control_frame({"op": "gap", "source": source, "missed": obs.missing}), obs.missing
 
+    def _unreadable(self, exc: Exception) -> None:
+        """Log a message that raised in :meth:`dispatch`: a WARNING without traceback (it comes
+        from a producer, not from a bug in a client's hands), on the 1st, 2nd, 4th, 8th, ...
+        occurrence, so that a producer sending nothing else cannot flood the log."""
+        self.unreadable = n = self.unreadable + 1
+        if n & (n - 1) == 0:
+            log.warning("a ZeroMQ message could not be forwarded (%s: %.200s); counted as "
+                        "malformed, %d so far", type(exc).__name__, exc, n)
+
     # -- fan-out ------------------------------------------------------------------------------
 
     def dispatch(self, batch: list[list[bytes]]) -> None:
@@ -229,49 +242,56 @@ class Hub:
         last_groups: tuple[Group, ...] = ()
         short = _SHORT_BINARY
         for frames in batch:
-            # The usual envelope, [topic, data], skips building a Message: the raw format needs
-            # only the data, and JSON builds it below only when some client wants JSON.
-            msg = None
-            if len(frames) == 2 and frames[0]:
-                topic, data = frames
-            else:
-                try:
-                    msg = decode(frames)
-                except MalformedMessage:
-                    stats.malformed += 1
-                    continue
-                topic, data = msg.topic, msg.data
-            gap = None
-            if msg is not None and msg.source_seq is not None and msg.source is not None:
-                gap, missed = self._track(msg.source, msg.source_seq)
-            seq += 1
-            if len(data) > max_out:
-                stats.oversize += 1
-                continue
-            if topic != last_topic:  # runs of one topic are the common case under load
-                last_topic, last_groups = topic, route(topic)
-            groups = last_groups
-            if not groups:
-                stats.unrouted += 1
-                continue
-            raw = js = None
-            for g in groups:
-                if g.fmt == "raw":
-                    if raw is None:
-                        n = len(data)
-                        raw = short[n] + data if n < 126 else ws_frame(data)
-                    part = raw
+            # One message that breaks something below must cost only itself: neither the rest
+            # of the batch nor the groups that already hold parts of it (they would never be
+            # touched, so never written to, again).
+            try:
+                # The usual envelope, [topic, data], skips building a Message: the raw format
+                # needs only the data, and JSON builds it below only when some client wants JSON.
+                msg = None
+                if len(frames) == 2 and frames[0]:
+                    topic, data = frames
                 else:
-                    if js is None:
-                        js = json_frame(msg or Message(topic, data), seq)
-                    part = js
-                if not g.parts:
-                    touched.append(g)
-                if gap is not None:
-                    g.parts.append(gap)
-                    g.missed += missed
-                    g.gaps += 1
-                g.parts.append(part)
+                    try:
+                        msg = decode(frames)
+                    except MalformedMessage:
+                        stats.malformed += 1
+                        continue
+                    topic, data = msg.topic, msg.data
+                gap = None
+                if msg is not None and msg.source_seq is not None and msg.source is not None:
+                    gap, missed = self._track(msg.source, msg.source_seq)
+                seq += 1
+                if len(data) > max_out:
+                    stats.oversize += 1
+                    continue
+                if topic != last_topic:  # runs of one topic are the common case under load
+                    last_topic, last_groups = topic, route(topic)
+                groups = last_groups
+                if not groups:
+                    stats.unrouted += 1
+                    continue
+                raw = js = None
+                for g in groups:
+                    if g.fmt == "raw":
+                        if raw is None:
+                            n = len(data)
+                            raw = short[n] + data if n < 126 else ws_frame(data)
+                        part = raw
+                    else:
+                        if js is None:
+                            js = json_frame(msg or Message(topic, data), seq)
+                        part = js
+                    if not g.parts:
+                        touched.append(g)
+                    if gap is not None:
+                        g.parts.append(gap)
+                        g.missed += missed
+                        g.gaps += 1
+                    g.parts.append(part)
+            except Exception as exc:  # a producer found an input we did not foresee
+                stats.malformed += 1
+                self._unreadable(exc)
         stats.messages_in += seq - self.seq
         self.seq = seq
         outboxes = self._outboxes
@@ -286,6 +306,9 @@ class Hub:
             for client in tuple(g.members):
                 outbox = outboxes.get(client)
                 if outbox is not None:
-                    outbox.deliver(data, n, missed)
+                    try:
+                        outbox.deliver(data, n, missed)
+                    except Exception:  # our bug; the other clients must still get the batch
+                        log.exception("delivery to a client failed")
             deliveries += n * len(g.members)
         stats.deliveries += deliveries

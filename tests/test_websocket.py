@@ -186,6 +186,23 @@ class TestBadInput:
         ws.send_frame(websocket.ABNF(fin=1, opcode=websocket.ABNF.OPCODE_CONT, data=b'ng","id":"\xc3\xa9"}'))
         assert recv_json(ws) == {"op": "pong", "id": "é"}
 
+    def test_a_close_between_fragments_is_answered_with_1000(self, gateway) -> None:
+        """RFC 6455 §5.4: control frames may come between fragments (Autobahn case 7.1.5)."""
+        ws = connect(gateway)
+        ws.send_frame(websocket.ABNF(fin=0, opcode=websocket.ABNF.OPCODE_TEXT, data=b'{"op":'))
+        ws.send_frame(websocket.ABNF(fin=1, opcode=websocket.ABNF.OPCODE_CLOSE, data=b"\x03\xe8"))
+        ws.send_frame(websocket.ABNF(fin=1, opcode=websocket.ABNF.OPCODE_CONT, data=b'"ping"}'))
+        assert_close_code(ws, 1000)
+
+    @pytest.mark.parametrize("ident", ["NaN", "Infinity", "1e999", '"\\ud800"'])
+    def test_a_ping_id_json_cannot_carry_back_is_an_error(self, gateway, ident) -> None:
+        ws = connect(gateway)
+        ws.send('{"op":"ping","id":%s}' % ident)
+        reply = json.loads(ws.recv(), parse_constant=lambda c: pytest.fail(f"{c} in a reply"))
+        assert reply["op"] == "error" and reply["code"] == "bad_command"
+        assert command(ws, op="ping", id=1) == {"op": "pong", "id": 1}
+        assert "ERROR" not in gateway.output()[1]
+
     def test_oversize_message_closes_1009(self, gateway_factory) -> None:
         gw = gateway_factory("--max-message", "1000")
         ws = connect(gw)
@@ -205,6 +222,67 @@ class TestBadInput:
         gateway.wait_subscribed("g")
         assert publish_until_received(pub, good, [b"g", b"after"])["data"] == "after"
         assert gateway.proc.poll() is None
+
+
+HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """One masked client frame with a payload under 126 bytes (RFC 6455 §5.2)."""
+    key = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes((0x80 * fin | opcode, 0x80 | len(payload))) + key + masked
+
+
+def read_to_eof(s: socket.socket) -> bytes:
+    s.settimeout(10 * UNIT)
+    got = b""
+    while chunk := s.recv(65536):
+        got += chunk
+    return got
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of unmasked server frames with payloads under 126 bytes."""
+    out = []
+    while data:
+        n = data[1] & 0x7F
+        assert n < 126 and not data[1] & 0x80
+        out.append((data[0] & 0x0F, data[2:2 + n]))
+        data = data[2 + n:]
+    return out
+
+
+class TestEarlyData:
+    """A client that sends more right behind its request, in the same read, gets the response
+    to the request first (RFC 6455 §4.1 asks clients to wait for the 101; not all do)."""
+
+    def test_frames_behind_the_handshake_are_answered_after_the_101(self, gateway) -> None:
+        with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+            s.sendall(HANDSHAKE + client_frame(0x9, b"early") + client_frame(0x8, b"\x03\xe8"))
+            head, _, rest = read_to_eof(s).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert server_frames(rest) == [(0xA, b"early"), (0x8, b"\x03\xe8")]  # pong, close 1000
+
+    def test_a_request_pipelined_behind_a_plain_one_is_not_answered(self, gateway) -> None:
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+            s.sendall(request + request + client_frame(0x9, b"x"))
+            reply = read_to_eof(s)
+        assert reply.startswith(b"HTTP/1.1 200 ") and reply.count(b"HTTP/1.1 ") == 1
+        wait_until(lambda: gateway.health()["connections"] == 1, 10, "the connection to go")
+        assert "ERROR" not in gateway.output()[1]
+
+    def test_a_request_cut_anywhere_then_frames_in_one_read(self, gateway) -> None:
+        for cut in (1, len(HANDSHAKE) - 3, len(HANDSHAKE) - 2, len(HANDSHAKE) - 1):
+            with socket.create_connection(("127.0.0.1", gateway.port)) as s:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.sendall(HANDSHAKE[:cut])
+                wait_until(lambda: gateway.health()["connections"] == 2, 10, "the first part read")
+                s.sendall(HANDSHAKE[cut:] + client_frame(0x9, b"p") + client_frame(0x8, b"\x03\xe8"))
+                head, _, rest = read_to_eof(s).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 ") and server_frames(rest)[0] == (0xA, b"p"), cut
 
 
 def assert_close_code(ws: websocket.WebSocket, code: int) -> None:

@@ -59,6 +59,23 @@ CLOSE_INTERNAL_ERROR = 1011
 EVERYTHING = frozenset((b"",))  # the prefix set of a client that named no topic, shared by all
 
 
+class _ServerProtocol(ServerProtocol):
+    """The library's server protocol, plus RFC 6455 §5.4: "control frames MAY be injected in the
+    middle of a fragmented message", and a Close is a control frame. The library fails such a
+    connection with 1002 ("incomplete fragmented message"); here the unfinished message is
+    abandoned and the Close answered like any other (Autobahn|Testsuite case 7.1.5).
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.CLOSE:
+            # The size of the message being reassembled: current_size since websockets 15,
+            # cur_size before.
+            for name in ("current_size", "cur_size"):
+                if getattr(self, name, None) is not None:
+                    setattr(self, name, None)
+        super().recv_frame(frame)
+
+
 class ConnState(enum.Enum):
     HTTP = "http"
     OPEN = "open"
@@ -134,6 +151,16 @@ def _query_value(query: str, name: str) -> str | None:
     return None
 
 
+def _head_end(before: bytes, data: bytes) -> int | None:
+    """Where in ``data`` the head of an HTTP request ends (just past its empty line), given
+    ``before``, the last bytes received ahead of ``data``; None if not in ``data``."""
+    i = (before + data[:3]).find(b"\r\n\r\n")
+    if i >= 0:
+        return i + 4 - len(before)
+    i = data.find(b"\r\n\r\n")
+    return None if i < 0 else i + 4
+
+
 def _topic_list(prefixes: Iterable[bytes]) -> list[str]:
     return sorted(p.decode("utf-8", "replace") for p in prefixes)
 
@@ -144,14 +171,14 @@ class Connection(asyncio.Protocol):
     # Slots: thousands of idle connections each cost this object (DESIGN.md principle 3).
     __slots__ = ("host", "id", "state", "proto", "transport", "outbox", "prefixes", "peer",
                  "refused", "opened", "timer", "ping_sent", "last_ping", "fragments", "utf8",
-                 "debug", "echo", "grant")
+                 "debug", "echo", "grant", "head_tail")
 
     def __init__(self, host: ConnectionHost) -> None:
         self.host = host
         self.id = host.next_id()
         self.state = ConnState.HTTP
         s = host.settings
-        self.proto = ServerProtocol(max_size=s.max_message)
+        self.proto = _ServerProtocol(max_size=s.max_message)
         self.transport: asyncio.Transport | None = None
         self.outbox: Outbox | None = None
         self.prefixes: frozenset[bytes] = frozenset()
@@ -166,6 +193,7 @@ class Connection(asyncio.Protocol):
         self.debug = log.isEnabledFor(logging.DEBUG)
         self.echo = False
         self.grant = FULL
+        self.head_tail = b""  # the last bytes of the request so far, while in HTTP
 
     def _to(self, new: ConnState) -> None:
         if new not in _TRANSITIONS[self.state]:
@@ -185,6 +213,21 @@ class Connection(asyncio.Protocol):
         self.timer = loop.call_later(host.settings.handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
+        if self.state is ConnState.HTTP:
+            # A client may send frames (or a second request) right behind its request, in the
+            # same read. The library would parse them before the request is answered: a pong
+            # before the 101, a close lost. Feed the request alone, answer it, then the rest,
+            # and only to an open WebSocket (after any other response, the rest is ignored).
+            end = _head_end(self.head_tail, data)
+            self.head_tail = data[-3:] if len(data) >= 3 else (self.head_tail + data)[-3:]
+            if end is not None and end < len(data):
+                self._receive(data[:end])
+                if self.state is not ConnState.OPEN:
+                    return
+                data = data[end:]
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         proto = self.proto
         proto.receive_data(data)
         try:
@@ -383,6 +426,7 @@ class Connection(asyncio.Protocol):
         elif op is Opcode.PONG:
             self.ping_sent = 0.0
         elif op is Opcode.CLOSE:
+            self.fragments = self.utf8 = None  # a message left unfinished is abandoned
             self._leave()
 
     def _check_utf8(self, data: bytes, final: bool) -> bool:

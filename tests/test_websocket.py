@@ -126,8 +126,9 @@ class TestSubscriptions:
         wait_until(lambda: gateway.health()["upstream"]["subscriptions"] == [], 10, "x dropped")
 
     def test_no_topic_means_everything(self, gateway) -> None:
-        connect(gateway)
+        ws = connect(gateway)  # kept: a garbage-collected client closes and unsubscribes
         gateway.wait_subscribed("")
+        ws.close()
 
     def test_publishers_filter_at_the_source(self, gateway) -> None:
         """An XPUB publisher sees exactly the prefixes clients asked for."""

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import zmq
 from conftest import LOGHUB as SHARED_LOGHUB
+from conftest import SAMPLES
 from conftest import loghub
 
 from zmqws.config import TailSettings
@@ -56,8 +57,11 @@ from zmqws.tail import (
 # One unit of patience, in seconds; every timeout below is a multiple of it.
 UNIT = float(os.environ.get("ZMQWS_TEST_TIMEOUT_SCALE", "1")) * 1.0
 
+# ../shared's Loghub files when this checkout sits beside it, else the four bundled with zmqws.
 LOGHUB = Path(os.environ.get("ZMQWS_LOGHUB", str(SHARED_LOGHUB)))
-LOGHUB_FILES = sorted(LOGHUB.glob("*_2k.log")) if LOGHUB.is_dir() else []
+if not LOGHUB.is_dir():
+    LOGHUB = SAMPLES
+LOGHUB_FILES = sorted(LOGHUB.glob("*_2k.log"))
 needs_loghub = pytest.mark.skipif(not LOGHUB_FILES, reason=f"no Loghub samples in {LOGHUB}")
 
 # --poll-interval of the subprocesses: quick tests, still a real polling loop.

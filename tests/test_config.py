@@ -35,6 +35,10 @@ def test_gateway_defaults_are_safe() -> None:
         ({"bind": ("tcp://*:1",), "max_message": 0}, "--max-message"),
         ({"bind": ("tcp://*:1",), "handshake_timeout": -1}, "--handshake-timeout"),
         ({"bind": ("tcp://*:1",), "ping_interval": -1}, "--ping-interval"),
+        ({"bind": ("tcp://*:1",), "ping_interval": float("nan")}, "finite"),
+        ({"bind": ("tcp://*:1",), "close_timeout": float("inf")}, "--close-timeout"),
+        ({"bind": ("tcp://*:1",), "burst_hold": -0.1}, "--burst-hold"),
+        ({"bind": ("tcp://*:1",), "burst_hold": 5}, "more than 1 second"),
         ({"bind": ("tcp://*:1",), "publish_bind": ("x",)}, "--publish-bind"),
     ],
 )

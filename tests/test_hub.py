@@ -8,7 +8,7 @@ import logging
 from test_envelope import parse_frame, refuse_constant
 
 from zmqws.envelope import encode_meta
-from zmqws.hub import Hub, HubStats, Outbox
+from zmqws.hub import HOLD_PARTS, Hub, HubStats, Outbox
 from zmqws.sequence import GapCounter
 
 
@@ -293,3 +293,84 @@ class TestOneBadMessage:
         assert before.data() == after.data() == [b"1", b"2"]
         assert [m["data"] for m in other.json()] == ["1", "2"]
         assert [r.levelno for r in caplog.records if r.name == "zmqws.hub"] == [logging.ERROR] * 2
+
+
+# -- holding groups over while a burst lasts ----------------------------------------------------
+
+
+def test_a_burst_holds_small_groups_until_the_input_drains() -> None:
+    """With more ready, a group with few messages waits; the drained batch writes all, in order."""
+    hub = Hub()
+    busy, rare = join(hub, prefixes=[b"busy"]), join(hub, prefixes=[b"rare"])
+    busy_msgs = [[b"busy", b"b%d" % i] for i in range(HOLD_PARTS)]
+    hub.dispatch(busy_msgs + [[b"rare", b"r0"]], more=True)
+    assert len(busy.writes) == 1 and busy.data() == [b"b%d" % i for i in range(HOLD_PARTS)]
+    assert rare.writes == []  # held over: one message would have cost a write of its own
+    hub.dispatch([[b"rare", b"r1"]], more=True)
+    assert rare.writes == []
+    hub.dispatch([], more=False)  # the input drained: everything held goes out in one write
+    assert len(rare.writes) == 1 and rare.data() == [b"r0", b"r1"]
+    assert hub.stats.deliveries == HOLD_PARTS + 2
+
+
+def test_holding_lasts_at_most_hold_seconds() -> None:
+    now = [100.0]
+    hub = Hub(hold_seconds=0.05, clock=lambda: now[0])
+    rare = join(hub, prefixes=[b"rare"])
+    n = HOLD_PARTS - 2
+    for i in range(n):  # batches within the hold time, too few messages for a write: all held
+        hub.dispatch([[b"rare", b"%d" % i]], more=True)
+        now[0] += 0.04 / n
+    assert rare.writes == []
+    now[0] = 100.051  # still more ready, but held long enough
+    hub.dispatch([[b"rare", b"last"]], more=True)
+    assert len(rare.writes) == 1 and rare.data() == [b"%d" % i for i in range(n)] + [b"last"]
+    hub.dispatch([[b"rare", b"again"]], more=True)  # a new hold starts
+    assert len(rare.writes) == 1
+    hub.flush()
+    assert rare.data()[-1] == b"again"
+
+
+def test_burst_hold_zero_never_holds() -> None:
+    hub = Hub(hold_seconds=0)
+    rare = join(hub, prefixes=[b"rare"])
+    hub.dispatch([[b"rare", b"x"]], more=True)
+    assert rare.data() == [b"x"]
+
+
+def test_without_more_nothing_is_held() -> None:
+    hub = Hub()
+    rare = join(hub, prefixes=[b"rare"])
+    hub.dispatch([[b"rare", b"x"]])
+    assert rare.data() == [b"x"]
+
+
+def test_changing_topics_or_joining_writes_what_was_held_first() -> None:
+    """A client leaving its group, or a new member arriving, must not lose or gain held messages."""
+    hub = Hub()
+    mover = join(hub, prefixes=[b"a"])
+    hub.dispatch([[b"a", b"1"]], more=True)
+    assert mover.writes == []
+    hub.resubscribe(mover, frozenset([b"b"]))
+    assert mover.data() == [b"1"]  # routed while it wanted "a": delivered, not lost
+    hub.dispatch([[b"b", b"2"]], more=True)
+    late = join(hub, prefixes=[b"b"])
+    assert mover.data() == [b"1", b"2"] and late.writes == []  # published before it joined
+    hub.dispatch([[b"b", b"3"]])
+    assert mover.data() == [b"1", b"2", b"3"] and late.data() == [b"3"]
+
+
+def test_held_parts_keep_gap_accounting_and_the_drop_policy() -> None:
+    """Held frames carry their gap counts; a paused client still drops with an exact total."""
+    hub = Hub()
+    c = Client()
+    outbox = c.outbox(hub, cap=50)
+    hub.join(c, outbox, "raw", frozenset([b""]))
+    hub.dispatch([[b"t", b"a", encode_meta("p", 1, 0.0)]], more=True)
+    hub.dispatch([[b"t", b"b", encode_meta("p", 4, 0.0)]], more=True)  # 2 lost upstream
+    outbox.pause()
+    hub.dispatch([[b"t", b"x" * 60]])  # everything held, then too big for the cap: dropped
+    outbox.resume()
+    got = c.json()
+    assert got == [{"op": "gap", "missed": 3 + 2}]  # a, b, x dropped + 2 reported upstream
+    assert hub.stats.dropped_slow == 3 and hub.stats.source_missing == 2

@@ -62,10 +62,13 @@ def test_input_drains_in_batches_and_follows_subscriptions() -> None:
         done = asyncio.Event()
         total = 2500
 
-        def on_batch(batch: list[list[bytes]]) -> None:
+        def on_batch(batch: list[list[bytes]], more: bool) -> None:
+            calls.append((len(batch), more))
             batches.append(batch)
-            if sum(len(b) for b in batches) >= total:
+            if sum(len(b) for b in batches) >= total and not more:
                 done.set()
+
+        calls: list[tuple[int, bool]] = []
 
         inp = SubscriberInput(ctx, bind=["tcp://127.0.0.1:*"], on_batch=on_batch, batch=1000)
         endpoint = inp.sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -88,6 +91,10 @@ def test_input_drains_in_batches_and_follows_subscriptions() -> None:
         inp.subscribe(b"after-close")  # harmless
         pub.close(0)
         ctx.term()
+        # "more" says a batch was cut at its cap; an empty batch only ever follows such a one.
+        for i, (n, more) in enumerate(calls):
+            assert more == (n == 1000)
+            assert n or calls[i - 1][1]
         return batches
 
     batches = asyncio.run(run())

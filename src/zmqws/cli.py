@@ -34,8 +34,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Print each flag's default, except where there is none to print (off, empty, a repeatable
+    flag not given) or the help already says what it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, [], "", False):
+            return text
+        return super()._get_help_string(action)
+
+
 def _fmt() -> type[argparse.HelpFormatter]:
-    return argparse.ArgumentDefaultsHelpFormatter
+    return _DefaultsFormatter
 
 
 def _add_gateway(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -83,6 +94,9 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    metavar="SECONDS", help="time given to the closing handshake and to shutdown")
     p.add_argument("--rcvhwm", type=int, default=d["rcvhwm"].default, metavar="N",
                    help="messages the SUB socket queues before publishers feel backpressure")
+    p.add_argument("--burst-hold", type=float, default=d["burst_hold"].default, metavar="SECONDS",
+                   help="while more messages are ready than one batch, how long those for clients "
+                   "that get few of them may wait to share a write (0: never wait)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="also accept browsers from this exact origin, e.g. https://app.example.com "
                    "(repeatable; * accepts any). Without it: the gateway's own page and "
@@ -123,7 +137,7 @@ def _run_gateway(a: argparse.Namespace) -> int:
         max_subscriptions=a.max_subscriptions, max_topic=a.max_topic,
         handshake_timeout=a.handshake_timeout, ping_interval=a.ping_interval,
         ping_timeout=a.ping_timeout, close_timeout=a.close_timeout, rcvhwm=a.rcvhwm,
-        echo=a.echo, allow_origin=tuple(a.allow_origin), token_file=a.token_file,
+        burst_hold=a.burst_hold, echo=a.echo, allow_origin=tuple(a.allow_origin), token_file=a.token_file,
         jwt_secret_file=a.jwt_secret_file, certfile=a.certfile, keyfile=a.keyfile,
         curve_secret_key=a.curve_secret_key, curve_authorized=a.curve_authorized,
         workers=_workers(a.workers),
@@ -385,7 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``zmqws`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the command's own --help, not the top level's
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -8,10 +8,12 @@ connects, starts logging or touches the network.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
 from .exceptions import ConfigError
+from .hub import HOLD_SECONDS
 from .zmq_io import CurveKeys, check_endpoint, load_curve_keys, load_public_key
 
 __all__ = [
@@ -57,6 +59,8 @@ DEFAULT_CLOSE_TIMEOUT = 10.0
 # lines); past it libzmq stops reading the TCP connection and publishers feel backpressure
 # (XPUB_NODROP ones block, plain PUB ones drop at their SNDHWM and zmqws counts the gap).
 DEFAULT_RCVHWM = 10_000
+# How long a burst may hold messages for clients that get few of them, so that they share a write.
+DEFAULT_BURST_HOLD = HOLD_SECONDS
 # The proxy queues as many messages per peer as a gateway's SUB socket does (DEFAULT_RCVHWM), so
 # the proxy is never the narrowest point between a producer and a gateway.
 DEFAULT_PROXY_HWM = 10_000
@@ -74,6 +78,8 @@ def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
 
 
 def _positive(flag: str, value: float, *, zero_ok: bool = False) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{flag}: {value!r} is not allowed, it must be a finite number")
     if value < 0 or (value == 0 and not zero_ok):
         allowed = "zero or more" if zero_ok else "more than zero"
         raise ConfigError(f"{flag}: {value!r} is not allowed, it must be {allowed}")
@@ -116,6 +122,7 @@ class GatewaySettings:
     ping_timeout: float = DEFAULT_PING_TIMEOUT
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     rcvhwm: int = DEFAULT_RCVHWM
+    burst_hold: float = DEFAULT_BURST_HOLD
     echo: bool = False
     allow_origin: tuple[str, ...] = ()
     token_file: str | None = None
@@ -162,6 +169,9 @@ class GatewaySettings:
             _positive(flag, value)
         _positive("--ping-interval", self.ping_interval, zero_ok=True)
         _positive("--rcvhwm", self.rcvhwm, zero_ok=True)
+        _positive("--burst-hold", self.burst_hold, zero_ok=True)
+        if self.burst_hold > 1:
+            raise ConfigError(f"--burst-hold: {self.burst_hold} s is more than 1 second of added latency")
         if not 1 <= self.workers <= 256:
             raise ConfigError(f"--workers: {self.workers} is not from 1 to 256")
         for origin in self.allow_origin:

@@ -66,7 +66,8 @@ class Gateway:
         self.ctx = zmq.Context()
         self.input: SubscriberInput | None = None
         self.pub: zmq.Socket[Any] | None = None
-        self.hub = Hub(self._subscribe, self._unsubscribe, max_outbound=settings.max_outbound)
+        self.hub = Hub(self._subscribe, self._unsubscribe, max_outbound=settings.max_outbound,
+                       hold_seconds=settings.burst_hold)
         self.server: asyncio.Server | None = None
         self.address: tuple[str, int] = (settings.host, settings.port)
         self.started = time.time()
@@ -257,6 +258,7 @@ class Gateway:
             self.server.close()
         if self.input is not None:
             self.input.close()
+        self.hub.flush()  # what a burst held over goes out before the 1001 close frames
         shutdown_close(self.connections)
         if self.connections:
             self._all_gone = asyncio.Event()

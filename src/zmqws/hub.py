@@ -12,6 +12,14 @@ Per batch (DESIGN.md principle 2):
 3. each touched group's frames are joined once, and the joined bytes are handed to every member:
    one write per client per batch, whatever the number of messages.
 
+When ZeroMQ has more ready than one batch (a burst), groups that got only a few messages are held
+over to the next batch, for at most :data:`HOLD_SECONDS`: with many active topics each client gets
+only a few messages of each batch, and without holding every delivery would be its own ``write()``
+system call (about 8 µs here, against tens of nanoseconds when many messages share a write). Once
+the input is drained, or the time is up, everything held is written; a client that changes its
+topics gets what its old group held first. Holding never happens at light load, so it costs no
+latency there.
+
 Pre-framed bytes are the same for every client only because no WebSocket extension is negotiated
 (the gateway offers no permessage-deflate): a compressed connection would need its own framing
 per client, which costs a measured 45 % of throughput (STYLE rule 5).
@@ -31,6 +39,7 @@ clients never wait for it.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +49,7 @@ from .exceptions import MalformedMessage
 from .sequence import GapCounter, Verdict
 from .topics import Group, TopicIndex
 
-__all__ = ["Hub", "Outbox", "HubStats", "FORMATS"]
+__all__ = ["Hub", "Outbox", "HubStats", "FORMATS", "HOLD_PARTS", "HOLD_SECONDS"]
 
 FORMATS = ("json", "raw")
 
@@ -50,6 +59,12 @@ CLOSE_POLICY_VIOLATION = 1008
 # Sources whose sequence numbers are tracked: each costs one small record; past this many, new
 # sources are counted as untracked, so producers that invent names cannot grow memory.
 MAX_SOURCES = 100_000
+# Holding groups over while a burst lasts: a group with fewer frames than HOLD_PARTS waits for the
+# next batch, for at most HOLD_SECONDS after the first batch held (measured, benchmarks/ T: 10,000
+# clients on 1,000 active topics deliver about 5 times more with 16 batches held, 20 times more with
+# 64; a time bound says what it costs in latency, whatever the batch rate).
+HOLD_PARTS = 64
+HOLD_SECONDS = 0.05
 # RFC 6455 §5.2 headers of unmasked binary frames with a 7-bit length, for the inlined fast path.
 _SHORT_BINARY = [ws_frame(b"\x00" * n)[:2] for n in range(126)]
 
@@ -165,6 +180,8 @@ class Hub:
         on_subscribe: called with a prefix when the upstream socket must subscribe to it.
         on_unsubscribe: called with a prefix when no client wants it any more.
         max_outbound: data larger than this is counted (``oversize``), not forwarded.
+        hold_seconds: how long a burst may hold small groups over (0: never).
+        clock: monotonic seconds (injected so that tests control time).
     """
 
     def __init__(
@@ -173,6 +190,8 @@ class Hub:
         on_unsubscribe: Callable[[bytes], None] = lambda p: None,
         *,
         max_outbound: int = 1 << 20,
+        hold_seconds: float = HOLD_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.index = TopicIndex(on_subscribe, on_unsubscribe)
         self.stats = HubStats()
@@ -182,6 +201,10 @@ class Hub:
         self.seq = 0
         self.unreadable = 0  # messages that raised in dispatch (counted as malformed too)
         self._outboxes: dict[object, Outbox] = {}
+        self.hold_seconds = hold_seconds
+        self._clock = clock
+        self._held: list[Group] = []  # groups whose parts wait for the next batch
+        self._held_since = 0.0  # clock() when the first of them was held
 
     # -- clients ------------------------------------------------------------------------------
 
@@ -189,6 +212,7 @@ class Hub:
         """Start delivering to ``client`` the messages that match ``prefixes`` (empty: all)."""
         if fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}")
+        self.flush()  # what is held belongs to the members it was routed for
         self._outboxes[client] = outbox
         self.index.join(client, fmt, prefixes)
 
@@ -196,6 +220,7 @@ class Hub:
         """Change what ``client`` receives; its format stays."""
         group = self.index.group_of(client)
         if group is not None:
+            self.flush()  # the client's old group may hold messages for it
             self.index.join(client, group.fmt, prefixes)
 
     def leave(self, client: object) -> None:
@@ -231,8 +256,18 @@ class Hub:
 
     # -- fan-out ------------------------------------------------------------------------------
 
-    def dispatch(self, batch: list[list[bytes]]) -> None:
-        """Route one batch of ZeroMQ messages (lists of frames) to the subscribed clients."""
+    def flush(self) -> None:
+        """Write everything held over from earlier batches."""
+        if self._held:
+            held, self._held = self._held, []
+            self._write(held)
+
+    def dispatch(self, batch: list[list[bytes]], more: bool = False) -> None:
+        """Route one batch of ZeroMQ messages (lists of frames) to the subscribed clients.
+
+        ``more``: the input has more ready right now (the batch was cut at its count cap), so
+        groups that got few messages may be held over to the next batch (see the module's doc).
+        """
         stats = self.stats
         route = self.index.route
         max_out = self.max_outbound
@@ -294,6 +329,27 @@ class Hub:
                 self._unreadable(exc)
         stats.messages_in += seq - self.seq
         self.seq = seq
+        held = self._held
+        if more and self.hold_seconds > 0 and (
+                not held or self._clock() - self._held_since < self.hold_seconds):
+            keep: list[Group] = []
+            write: list[Group] = []
+            for g in held:
+                (write if len(g.parts) >= HOLD_PARTS else keep).append(g)
+            for g in touched:
+                (write if len(g.parts) >= HOLD_PARTS else keep).append(g)
+            if keep and not held:
+                self._held_since = self._clock()
+            self._held = keep
+            touched = write
+        elif held:
+            self._held = []
+            touched = held + touched
+        self._write(touched)
+
+    def _write(self, touched: list[Group]) -> None:
+        """Join each group's frames once and hand them to every member's outbox."""
+        stats = self.stats
         outboxes = self._outboxes
         deliveries = 0
         for g in touched:

@@ -43,7 +43,8 @@ __all__ = [
 PGM_HELP = (
     "this pyzmq's libzmq was built without PGM (multicast) support; install pyzmq built against the "
     "system libzmq: apt-get install libzmq3-dev libpgm-dev && "
-    "PYZMQ_NO_BUNDLE=1 pip install --no-binary pyzmq pyzmq"
+    "PYZMQ_NO_BUNDLE=1 pip install --no-binary pyzmq pyzmq (in a zmqws checkout, "
+    "scripts/pgm-env.sh does both)"
 )
 
 # Multicast defaults, set on every socket that binds or connects a pgm:// or epgm:// endpoint
@@ -248,8 +249,10 @@ class SubscriberInput:
         ctx: the ZeroMQ context.
         bind: endpoints to bind (producers connect here).
         connect: endpoints to connect to (publishers or a proxy).
-        on_batch: called with each non-empty list of messages, each a sequence of frames (a
-            tuple for the usual one- and two-frame messages).
+        on_batch: called with each list of messages, each a sequence of frames (a tuple for the
+            usual one- and two-frame messages), and whether more were ready (the batch was cut at
+            ``batch`` messages). After a batch with more ready it is called again, with an empty
+            list if nothing came, so that what the receiver held over is written.
         rcvhwm: messages ZeroMQ may queue before the publisher side feels backpressure.
         batch: at most this many messages per hand-over.
         batch_bytes: at most about this many bytes per hand-over.
@@ -261,7 +264,7 @@ class SubscriberInput:
         *,
         bind: Iterable[str] = (),
         connect: Iterable[str] = (),
-        on_batch: Callable[[list[Sequence[bytes]]], None],
+        on_batch: Callable[[list[Sequence[bytes]], bool], None],
         rcvhwm: int = 100_000,
         batch: int = DEFAULT_BATCH,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
@@ -286,6 +289,7 @@ class SubscriberInput:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._closed = False
+        self._more = False  # the last batch was cut at its count cap
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start serving the socket from ``loop``."""
@@ -345,12 +349,14 @@ class SubscriberInput:
                 size += len(data)
         except zmq.Again:
             pass
-        if batch:
+        if batch or self._more:
+            more = self._more = n >= cap
             self.received += n
-            self.on_batch(batch)
-            # More may be ready: let the loop serve other sockets, then come back. Drained:
-            # the edge-triggered FD will fire for what comes next.
-            self._kick()
+            self.on_batch(batch, more)
+            if batch:
+                # More may be ready: let the loop serve other sockets, then come back. Drained:
+                # the edge-triggered FD will fire for what comes next.
+                self._kick()
 
     def close(self) -> None:
         if self._closed:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """zmqws benchmarks: one command, one table of medians for this machine.
 
-    python3 benchmarks/run.py            # full run: every scenario, 3 repetitions (~8 min on 2 vCPUs)
-    python3 benchmarks/run.py --quick    # smoke check, well under a minute
+    python3 benchmarks/run.py            # full run: every scenario, 3 repetitions (~6 min on 2 vCPUs)
+    python3 benchmarks/run.py --quick    # smoke check, about a minute
     python3 benchmarks/run.py --only s1,s4 --reps 5
 
 Compiles the C load client (wsbench.c) into benchmarks/.cache/, finds a Python that has pyzmq,
@@ -1060,7 +1060,7 @@ def report(a, gws, zref, cells, results, probes, R, versions, t_begin, outdir):
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="See benchmarks/README.md for what each figure means.")
-    ap.add_argument("--quick", action="store_true", help="smoke check, well under a minute: 1 rep, small sizes")
+    ap.add_argument("--quick", action="store_true", help="smoke check, about a minute: 1 rep, small sizes")
     ap.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
     ap.add_argument("--only", metavar="LIST", help=f"scenarios to run, of {','.join(SCENARIOS)} (default: all)")
     ap.add_argument("--gw", action="append", default=[], metavar="NAME=COMMAND",

@@ -337,9 +337,12 @@ def test_a_signal_flushes_every_line_received_prints_the_summary_and_exits_0(
 
     def produce(pub: Publisher) -> None:
         n = 0
-        while not stop.is_set():
-            n = pub.send("stream", f"line {n + 1}")
-            sent.append(n)
+        try:
+            while not stop.is_set():
+                n = pub.send("stream", f"line {n + 1}")
+                sent.append(n)
+        except RuntimeError:  # with the consumer gone a send blocks until the publisher closes
+            assert stop.is_set()
 
     with Publisher(c.endpoint, subscriber_timeout=10 * UNIT, linger=0) as pub:
         t = threading.Thread(target=produce, args=(pub,))
@@ -351,7 +354,8 @@ def test_a_signal_flushes_every_line_received_prints_the_summary_and_exits_0(
             assert c.wait(30 * UNIT) == 0
         finally:
             stop.set()
-            t.join(30 * UNIT)
+    t.join(30 * UNIT)  # the publisher is closed: a blocked send has returned
+    assert not t.is_alive()
     lines = c.lines()
     n = len(lines)
     assert c.output.read_bytes().endswith(b"\n")  # no half-written line

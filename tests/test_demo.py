@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -86,3 +87,17 @@ def _try_connect(port: int) -> websocket.WebSocket | None:
         return websocket.create_connection(f"ws://127.0.0.1:{port}/ws", timeout=20 * UNIT)
     except OSError:
         return None
+
+
+def test_demo_refuses_a_port_in_use_before_starting_anything() -> None:
+    """No URL of someone else's server, no processes started: one line and exit 3."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(zmqws_cmd("demo", "--listen", f"127.0.0.1:{port}"),
+                           capture_output=True, text=True, timeout=60 * UNIT)
+    assert r.returncode == 3
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "address already in use" in lines[0], r.stderr

@@ -383,3 +383,16 @@ class TestShutdown:
         rc, _, err = gw.stop()
         assert rc == 0 and time.monotonic() - t0 < 1 + 5 * UNIT, err
         s.close()
+
+
+def test_the_log_names_the_close_code_the_client_sent(gateway: GatewayProc) -> None:
+    """A client that closes first with 1000 is logged as closed (1000), not as 'no close frame'."""
+    ws = connect(gateway)
+    ws.close(status=1000)
+    wait_until(lambda: "closed (1000)" in gateway.output()[1], 10, "the close to be logged")
+    raw = socket.create_connection(("127.0.0.1", gateway.port))
+    raw.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert raw.recv(4096).startswith(b"HTTP/1.1 101")
+    raw.close()  # gone without a close frame
+    wait_until(lambda: "closed (no close frame)" in gateway.output()[1], 10, "the reset to be logged")

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -83,11 +84,37 @@ def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _check_listen(listen: str, host: str, port: int) -> None:
+    """Refuse a port in use before starting anything, so the URL printed is the demo's own."""
+    from .gateway import listen_error
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the gateway's server does
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise StartupError(listen_error(listen, exc)) from None
+
+
+def _wait_listening(gateway: subprocess.Popen[bytes], host: str, port: int, stop: threading.Event) -> None:
+    """Wait until the gateway accepts connections (a few hundred ms), or say why it did not."""
+    deadline = time.monotonic() + 30
+    while not stop.is_set() and time.monotonic() < deadline:
+        if gateway.poll() is not None:
+            raise StartupError(f"the gateway exited with code {gateway.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            stop.wait(0.05)
+    if not stop.is_set():
+        raise StartupError(f"the gateway did not listen on {host}:{port} within 30 s")
 
 
 def run(settings: DemoSettings) -> int:
@@ -95,6 +122,7 @@ def run(settings: DemoSettings) -> int:
     host, port = parse_listen(settings.listen)
     zmq_port = settings.zmq_port or _free_port()
     endpoint = f"tcp://127.0.0.1:{zmq_port}"
+    _check_listen(settings.listen, host, port)
     workdir = Path(tempfile.mkdtemp(prefix="zmqws-demo-"))
     stop = threading.Event()
     procs: list[subprocess.Popen[bytes]] = []
@@ -108,6 +136,7 @@ def run(settings: DemoSettings) -> int:
         gateway = _spawn(["gateway", "--bind", endpoint, "--listen", settings.listen,
                           "--workers", "1"])
         procs.append(gateway)
+        _wait_listening(gateway, host, port, stop)
         for node in NODES:
             path = workdir / node.host / node.filename
             path.parent.mkdir()

@@ -252,7 +252,10 @@ class Connection(asyncio.Protocol):
         if self.state is not ConnState.CLOSED:
             self._to(ConnState.CLOSED)
             if self.opened:
-                code = self.proto.close_code
+                # close_code stays None until the protocol reaches CLOSED, which a client that
+                # closed first does not see here (we drop the TCP connection after its close).
+                rcvd = self.proto.close_rcvd
+                code = rcvd.code if rcvd is not None else None
                 log.info("connection %d: closed (%s)", self.id, code if code is not None else "no close frame")
         self._cancel_timer()
         self._leave()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiohttp
 import pytest
@@ -92,3 +93,35 @@ def test_a_port_held_by_workers_is_in_use_for_other_workers(gateway_factory) -> 
     assert r.returncode == 3, r.stderr
     assert f"cannot listen on 127.0.0.1:{gw.port}" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_workers_with_curve_on_bind_authenticate_and_stop_promptly(gateway_factory, tmp_path) -> None:
+    """The supervisor binds the CURVE input: an authorized producer reaches a worker's client,
+    and SIGTERM ends everything at once (the authenticator is stopped before the context ends)."""
+    import websocket
+
+    from zmqws import Publisher
+    from zmqws.config import producer_curve
+    from zmqws.zmq_io import make_curve_keys
+
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    allowed.mkdir()
+    make_curve_keys(str(keys), "gateway")
+    good_pub, _ = make_curve_keys(str(keys), "good")
+    (allowed / "good.key").write_bytes(open(good_pub, "rb").read())
+    gw: GatewayProc = gateway_factory("--workers", "2",
+                                      "--curve-secret-key", str(keys / "gateway.key_secret"),
+                                      "--curve-authorized", str(allowed))
+    ws = websocket.create_connection(gw.ws_url + "?topic=secure", timeout=20 * UNIT)
+    good = Publisher(gw.zmq_endpoint, subscriber_timeout=20 * UNIT, linger=0,
+                     curve=producer_curve(str(keys / "gateway.key"), str(keys / "good.key_secret")))
+    try:
+        good.send("secure", "genuine")
+        assert json.loads(ws.recv())["data"] == "genuine"
+    finally:
+        good.close()
+        ws.close()
+    started = time.monotonic()
+    code, _, err = gw.stop()
+    assert code == 0, err
+    assert time.monotonic() - started < 10 * UNIT

@@ -34,9 +34,9 @@ import zmq
 
 from .config import GatewaySettings
 from .exceptions import ConfigError, StartupError
+from .zmq_io import apply_curve, attach
 
 EXIT_CONFIG, EXIT_STARTUP = 2, 3  # as cli.py: a worker that exits so will not do better next time
-from .zmq_io import apply_curve, attach
 
 __all__ = ["run_workers", "COUNTERS", "SharedCounters"]
 
@@ -110,6 +110,7 @@ def run_workers(settings: GatewaySettings) -> int:
     reserved = _reserve_port(settings.host, settings.port)
     port = reserved.getsockname()[1]
     ctx: zmq.Context[Any] | None = None
+    auth: Any = None  # zmq.auth's ThreadAuthenticator, with CURVE
     forwarder: threading.Thread | None = None
     tmp = tempfile.mkdtemp(prefix="zmqws-workers-")
     worker_settings = dataclasses.replace(settings, listen=f"{settings.host}:{port}")
@@ -159,8 +160,8 @@ def run_workers(settings: GatewaySettings) -> int:
         for i in range(n):
             start(i)
         scheme = "https" if settings.tls else "http"
-        print(f"zmqws gateway: {n} workers, live page at {scheme}://{settings.host}:{port}/",
-              flush=True)
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        print(f"zmqws gateway: {n} workers, live page at {scheme}://{host}:{port}/", flush=True)
         reserved.close()  # the workers hold the port now
         while not stopping.is_set():
             # Wake when a worker exits, or twice a second to notice a signal.
@@ -187,6 +188,8 @@ def run_workers(settings: GatewaySettings) -> int:
         for s, h in old.items():
             signal.signal(s, h)
         reserved.close()
+        if auth is not None:
+            auth.stop()  # its ZAP socket would keep ctx.term() waiting
         if ctx is not None:
             ctx.term()  # ends the forwarder's proxy; it closes its sockets
             if forwarder is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -237,6 +238,16 @@ def test_command_forwards_counts_on_status_and_logs(proxy_proc: ProxyProc, ctx) 
     code, took = proxy_proc.stop(signal.SIGTERM)
     assert code == 0 and took < 5 * UNIT, proxy_proc.stderr()
     assert "stopping: in" in proxy_proc.stderr() and "Traceback" not in proxy_proc.stderr()
+
+
+def test_a_silent_status_client_blocks_neither_others_nor_shutdown(proxy_proc: ProxyProc) -> None:
+    idle = socket.create_connection(("127.0.0.1", proxy_proc.status_port))
+    try:
+        assert proxy_proc.stats()["messages_in"] == 0  # answered while the idle one waits
+        code, took = proxy_proc.stop(signal.SIGTERM)
+        assert code == 0 and took < 5 * UNIT, proxy_proc.stderr()
+    finally:
+        idle.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

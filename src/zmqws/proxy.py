@@ -38,7 +38,7 @@ import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from typing import Any
 
 import zmq
@@ -209,10 +209,15 @@ def _bound(sock: zmq.Socket[Any], asked: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _status_server(proxy: Proxy, host: str, port: int) -> HTTPServer:
-    """A one-thread HTTP server answering ``GET /`` and ``GET /status`` with the counters."""
+    """An HTTP server answering ``GET /`` and ``GET /status`` with the counters.
+
+    A thread per connection, each given 5 s to send its request: a client that connects and
+    says nothing must neither keep other clients waiting nor hold up shutdown.
+    """
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "zmqws-proxy"
+        timeout = 5
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             path = self.path.partition("?")[0]
@@ -237,7 +242,8 @@ def _status_server(proxy: Proxy, host: str, port: int) -> HTTPServer:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             log.debug("status: " + format, *args)
 
-    class Server(HTTPServer):
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
     try:

@@ -91,6 +91,22 @@ def test_malformed_and_oversize_are_counted_not_fatal() -> None:
     hub.dispatch([[], [b"", b"x"], [b"t", b"x" * 11], [b"t", b"ok"]])
     assert c.data() == [b"ok"]
     assert hub.stats.malformed == 2 and hub.stats.oversize == 1
+    assert c.json() == [{"op": "gap", "missed": 1, "reason": "oversize"}]  # told, not silent
+
+
+def test_an_oversize_message_that_reveals_an_upstream_gap_reports_both() -> None:
+    """received + told missed = published, also when the message after a loss is too large."""
+    hub = Hub(max_outbound=10)
+    c = join(hub)
+    hub.dispatch([[b"t", b"a", encode_meta("p", 1, 0.0)],
+                  [b"t", b"x" * 11, encode_meta("p", 5, 0.0)],  # 3 lost upstream, then too large
+                  [b"t", b"b", encode_meta("p", 6, 0.0)]])
+    assert c.data() == [b"a", b"b"]
+    gaps = c.json()
+    assert gaps == [{"op": "gap", "source": "p", "missed": 3},
+                    {"op": "gap", "missed": 1, "reason": "oversize", "source": "p"}]
+    assert len(c.data()) + sum(g["missed"] for g in gaps) == 6
+    assert hub.stats.source_missing == 3 and hub.stats.oversize == 1
 
 
 def test_unrouted_messages_are_counted() -> None:

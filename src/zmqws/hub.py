@@ -297,14 +297,30 @@ class Hub:
                 if msg is not None and msg.source_seq is not None and msg.source is not None:
                     gap, missed = self._track(msg.source, msg.source_seq)
                 seq += 1
-                if len(data) > max_out:
-                    stats.oversize += 1
-                    continue
                 if topic != last_topic:  # runs of one topic are the common case under load
                     last_topic, last_groups = topic, route(topic)
                 groups = last_groups
                 if not groups:
                     stats.unrouted += 1
+                    continue
+                if len(data) > max_out:
+                    # Not forwarded, but not a silent loss either: its clients get a gap for it
+                    # (after the one its sequence number revealed, if any).
+                    stats.oversize += 1
+                    info: dict[str, object] = {"op": "gap", "missed": 1, "reason": "oversize"}
+                    if msg is not None and msg.source is not None:
+                        info["source"] = msg.source
+                    notice = control_frame(info)
+                    for g in groups:
+                        if not g.parts:
+                            touched.append(g)
+                        if gap is not None:
+                            g.parts.append(gap)
+                            g.missed += missed
+                            g.gaps += 1
+                        g.parts.append(notice)
+                        g.missed += 1
+                        g.gaps += 1
                     continue
                 raw = js = None
                 for g in groups:

@@ -325,6 +325,13 @@ class TestLineSplitter:
         assert s.feed(b"rest of an old line") == []
         assert s.feed(b" more\r\nnew\r\n") == [b"new"]
 
+    def test_a_crlf_line_of_exactly_the_bound_is_whole_however_the_writes_split_it(self) -> None:
+        data = b"ABCDEFGH\r\nnext\r\n"
+        for split in range(1, len(data)):
+            s = LineSplitter(max_line=8)
+            assert s.feed(data[:split]) + s.feed(data[split:]) == [b"ABCDEFGH", b"next"], split
+            assert s.cut == 0
+
     def test_a_held_line_longer_than_the_bound_is_published_in_pieces(self) -> None:
         s = LineSplitter(max_line=8)
         assert s.feed(b"0123456789") == [b"01234567"]

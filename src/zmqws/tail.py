@@ -353,10 +353,14 @@ class LineSplitter:
             else:
                 out.append(line)
         self._held += rest
-        if len(self._held) > self.max_line:
+        # A trailing \r may be the first half of a CRLF: it does not count toward the bound, or a
+        # line of exactly max_line bytes split between its \r and \n would be cut (and an empty
+        # line published for the \r).
+        held = self._held
+        if len(held) - held.endswith(b"\r") > self.max_line:
             self.cut += not self._cutting
             self._cutting = True
-            while len(self._held) > self.max_line:
+            while len(held) - held.endswith(b"\r") > self.max_line:
                 n = _utf8_cut(self._held, self.max_line)
                 out.append(bytes(self._held[:n]))
                 del self._held[:n]

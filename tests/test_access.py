@@ -104,6 +104,43 @@ class TestEndToEnd:
         connect(gw, "?access_token=sekrit").close()
         connect(gw, header=["Authorization: Bearer sekrit"]).close()
 
+    @pytest.mark.parametrize("dup", [b"Host: a\r\nHost: b\r\n", b"Authorization: Bearer x\r\n"
+                                     b"Authorization: Bearer y\r\nHost: h\r\n"])
+    def test_duplicate_headers_get_400_and_no_frame_reaches_zeromq(self, gateway_factory, tmp_path,
+                                                                   dup: bytes) -> None:
+        """A request the access check cannot read is refused whole: frames sent behind it are
+        never executed with some default grant (they once were: publish without a token)."""
+        import socket
+
+        import zmq
+
+        (tmp_path / "tokens").write_text("sekrit\n")
+        out = f"ipc://{tmp_path}/out.sock"
+        gw = gateway_factory("--token-file", str(tmp_path / "tokens"), "--publish-bind", out)
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.connect(out)
+        sub.subscribe(b"")
+        frame = json.dumps({"op": "publish", "topic": "admin.cmd", "data": "pwned"}).encode()
+        mask = b"\x01\x02\x03\x04"
+        masked = bytes([0x81, 0x80 | len(frame)]) + mask + bytes(
+            b ^ mask[i % 4] for i, b in enumerate(frame))
+        try:
+            s = socket.create_connection(("127.0.0.1", gw.port))
+            s.sendall(b"GET /ws HTTP/1.1\r\n" + dup + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                      + masked)
+            s.settimeout(10 * UNIT)
+            reply = s.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 400") and b"more than one" in reply, reply
+            s.sendall(masked)  # and again after the answer
+            s.close()
+            assert not sub.poll(1000 * UNIT)  # nothing was published
+            assert "ERROR" not in gw.output()[1]
+        finally:
+            sub.close(0)
+            ctx.term()
+
     def test_jwt_limits_subscribe_and_publish(self, gateway_factory, tmp_path) -> None:
         (tmp_path / "secret").write_text(SECRET)
         out = tmp_path / "out.sock"

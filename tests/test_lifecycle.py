@@ -115,3 +115,45 @@ def _connectable(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def _stalled_subscriber(gw: GatewayProc, topic: bytes) -> socket.socket:
+    """A raw WebSocket client on ``topic`` with a 4 KiB receive buffer that will never read."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", gw.port))
+    s.sendall(HANDSHAKE.replace(b"GET /ws ", b"GET /ws?format=raw&topic=" + topic + b" "))
+    s.settimeout(10 * UNIT)
+    assert s.recv(4096).startswith(b"HTTP/1.1 101")
+    return s
+
+
+def _flood_until_stuck(gw: GatewayProc, topic: bytes) -> None:
+    """Publish until the gateway has paused the client (its socket and buffers are full)."""
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.connect(gw.zmq_endpoint)
+    try:
+        def stuck() -> bool:
+            for _ in range(200):
+                pub.send_multipart([topic, b"x" * 1000])
+            return gw.health()["dropped"]["slow_client"] > 0
+        wait_until(stuck, 30, "the stalled client to lose messages")
+    finally:
+        pub.close(0)
+        ctx.term()
+
+
+def test_a_peer_that_stopped_reading_is_aborted_after_the_close_timeout(gateway_factory) -> None:
+    """The keepalive fails a client that reads nothing; its close frame cannot be delivered, so
+    the connection must not wait for its buffer to drain: aborted after --close-timeout."""
+    gw = gateway_factory("--ping-interval", "0.5", "--ping-timeout", "1", "--close-timeout", "1")
+    s = _stalled_subscriber(gw, b"busy")
+    try:
+        gw.wait_subscribed("busy")
+        _flood_until_stuck(gw, b"busy")
+        wait_until(lambda: gw.health()["connections"] == 1, 15, "the stalled connection to be aborted")
+    finally:
+        s.close()
+

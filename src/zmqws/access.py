@@ -11,9 +11,10 @@ topics, and gets a decision back.
 * **Authentication**, when ``--token-file`` or ``--jwt-secret-file`` is set: a bearer credential
   in the ``Authorization`` header or, since browsers cannot set headers on a WebSocket, in the
   ``access_token`` query parameter. A static token grants everything. A JWT (HS256, checked by
-  PyJWT, ``exp`` enforced when present) grants the topic prefixes in its ``subscribe`` and
-  ``publish`` claims (lists of strings; a missing claim grants nothing of that kind). Missing or
-  invalid credential: 401.
+  PyJWT, ``exp`` enforced when present, at the handshake) grants the topic prefixes in its
+  ``subscribe`` and ``publish`` claims (lists of strings; a missing claim grants nothing of that
+  kind). Missing or invalid credential: 401. Until its handshake passed, a connection has no
+  grant at all.
 * **Grants** are checked on every command: a client may subscribe to a prefix only inside its
   grant, so it can never receive a topic outside it, and publish only to topics inside it.
 """
@@ -28,7 +29,7 @@ import jwt
 
 from .exceptions import ClientError
 
-__all__ = ["Grant", "FULL", "AccessDenied", "Authenticator", "bearer", "origin_allowed"]
+__all__ = ["Grant", "FULL", "NOTHING", "AccessDenied", "Authenticator", "bearer", "origin_allowed"]
 
 
 class AccessDenied(ClientError):
@@ -59,6 +60,7 @@ class Grant:
 
 
 FULL = Grant()
+NOTHING = Grant((), ())  # a connection's grant until its handshake has been checked
 
 
 def _prefixes(claim: object, name: str) -> tuple[bytes, ...]:

@@ -30,12 +30,13 @@ from collections.abc import Iterable
 from typing import Protocol as TypingProtocol
 from urllib.parse import parse_qsl
 
+from websockets.datastructures import MultipleValuesError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from .access import FULL, AccessDenied, Authenticator, Grant, bearer, origin_allowed
+from .access import FULL, NOTHING, AccessDenied, Authenticator, Grant, bearer, origin_allowed
 from .commands import Limits, Ping, Publish, Subscribe, Unsubscribe, parse_command
 from .config import GatewaySettings
 from .exceptions import ClientError, CommandError
@@ -192,7 +193,7 @@ class Connection(asyncio.Protocol):
         self.utf8: codecs.IncrementalDecoder | None = None
         self.debug = log.isEnabledFor(logging.DEBUG)
         self.echo = False
-        self.grant = FULL
+        self.grant = NOTHING  # until _check_access has passed
         self.head_tail = b""  # the last bytes of the request so far, while in HTTP
 
     def _to(self, new: ConnState) -> None:
@@ -238,9 +239,13 @@ class Connection(asyncio.Protocol):
                     self._on_request(event)
         except Exception:
             # Our bug, not the client's: log it, close with 1011, tell the client nothing more.
+            # Before the request was answered there is nothing to close politely: drop it.
             log.exception("connection %d: internal error", self.id)
             if proto.state is State.OPEN:
                 proto.fail(CLOSE_INTERNAL_ERROR)
+            elif self.state is ConnState.HTTP and self.transport is not None:
+                self.transport.abort()
+                return
         self.flush()
 
     def eof_received(self) -> bool | None:
@@ -290,11 +295,16 @@ class Connection(asyncio.Protocol):
         if data and not transport.is_closing():
             transport.write(data)
         if eof:
-            # RFC 6455 §7.1.1: the server closes the TCP connection first.
+            # RFC 6455 §7.1.1: the server closes the TCP connection first. close() waits for
+            # the write buffer to drain: a peer that stopped reading is aborted after the close
+            # timeout, or it would hold its slot (and its buffer) for ever.
             self._leave()
             if self.state is not ConnState.CLOSED and self.state is not ConnState.CLOSING:
                 self._to(ConnState.CLOSING)
             transport.close()
+            if self.timer is None and self.state is not ConnState.CLOSED:
+                self.timer = asyncio.get_running_loop().call_later(
+                    self.host.settings.close_timeout, self._abort)
         elif self.proto.close_expected() and self.state is ConnState.OPEN:
             self._closing()
 
@@ -343,16 +353,18 @@ class Connection(asyncio.Protocol):
         self._cancel_timer()
         proto = self.proto
         path, _, query = request.path.partition("?")
+        echo = path == "/echo" and self.host.settings.echo
+        if path != "/ws" and not echo:
+            # The page and /health answer even at the connection limit (the response closes
+            # the connection at once): a health check must not fail because clients are many.
+            proto.send_response(respond(path, self.host.static, self.host.health))
+            return
         if self.refused:
             proto.send_response(text_response(
                 503, "Service Unavailable",
                 f"too many connections (the limit is {self.host.settings.max_connections})\n",
                 {"Retry-After": "5"},
             ))
-            return
-        echo = path == "/echo" and self.host.settings.echo
-        if path != "/ws" and not echo:
-            proto.send_response(respond(path, self.host.static, self.host.health))
             return
         response = proto.accept(request)
         if response.status_code == 101:
@@ -368,6 +380,8 @@ class Connection(asyncio.Protocol):
                     response.headers["WWW-Authenticate"] = 'Bearer realm="zmqws"'
             except ClientError as exc:
                 response = proto.reject(400, f"{exc}\n")
+            except MultipleValuesError as exc:  # two Host, Origin or Authorization headers
+                response = proto.reject(400, f"more than one {exc} header\n")
         if echo and response.status_code == 101:
             # Conformance suites (Autobahn) test the same connection code as /ws, minus the hub.
             proto.send_response(response)
@@ -466,6 +480,8 @@ class Connection(asyncio.Protocol):
         self._send_json(reply)
 
     def _execute(self, text: str) -> dict[str, object]:
+        if self.state is not ConnState.OPEN:  # closing, or (never) a handshake not yet passed
+            raise CommandError("the connection is not open")
         cmd = parse_command(text, self.host.limits)
         if isinstance(cmd, Ping):
             return cmd.reply()
@@ -475,8 +491,6 @@ class Connection(asyncio.Protocol):
                                    code="forbidden")
             self.host.publish(cmd.topic, cmd.data)
             return {"op": "published", "topic": cmd.topic.decode("utf-8")}
-        if self.state is not ConnState.OPEN:
-            raise CommandError("the connection is closing")
         if isinstance(cmd, Subscribe):
             denied = [t for t in cmd.topics if not self.grant.may_subscribe(t)]
             if denied:

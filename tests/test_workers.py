@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import threading
 import time
 
 import aiohttp
@@ -125,3 +128,85 @@ def test_workers_with_curve_on_bind_authenticate_and_stop_promptly(gateway_facto
     code, _, err = gw.stop()
     assert code == 0, err
     assert time.monotonic() - started < 10 * UNIT
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The supervisor's worker processes (spawned children running spawn_main), from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_end_with_a_supervisor_killed_by_sigkill(gateway_factory) -> None:
+    """Orphaned workers would keep the port: the next gateway could not start."""
+    gw: GatewayProc = gateway_factory("--workers", "2")
+    workers = wait_until(lambda: len(w := _workers_of(gw.proc.pid)) == 2 and w, 20, "two workers")
+    gw.proc.send_signal(signal.SIGKILL)
+    gw.proc.wait()
+    wait_until(lambda: not any(_alive(w) for w in workers), 20, "the workers to end")
+    again = gateway_factory("--workers", "2", port=gw.port)  # the port is free again
+    assert again.health()["status"] == "ok"
+
+
+def test_workers_behind_a_bound_input_push_back_instead_of_dropping(gateway_factory) -> None:
+    """Workers stopped while 30,000 messages are published: the supervisor queues what it may and
+    then holds the producer back; after they resume, the client gets every message, no gap."""
+    import subprocess
+
+    import websocket
+    from conftest import zmqws_cmd
+
+    n, pad = 30_000, b"x" * 1000
+    # 30 MB: more than libzmq's queues and every kernel socket buffer on the way can hold.
+    gw: GatewayProc = gateway_factory("--workers", "2", "--rcvhwm", "1000",
+                                      "--client-buffer", str(128 << 20))
+    ws = websocket.create_connection(gw.ws_url + "?topic=t", timeout=30 * UNIT)
+    workers = wait_until(lambda: len(w := _workers_of(gw.proc.pid)) == 2 and w, 20, "two workers")
+    pub = subprocess.Popen(zmqws_cmd("publish", "--connect", gw.zmq_endpoint, "t"),
+                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        ws.settimeout(30 * UNIT)
+        pub.stdin.write(b"0\n")
+        pub.stdin.flush()
+        assert json.loads(ws.recv())["data"] == "0"  # the subscription made it up; now stop them
+        for w in workers:
+            os.kill(w, signal.SIGSTOP)
+        try:
+            body = b"".join(b"%d %s\n" % (i, pad) for i in range(1, n))
+
+            def feed() -> None:  # a pipe write blocks while publish is held back
+                pub.stdin.write(body)
+                pub.stdin.close()
+
+            writer = threading.Thread(target=feed, daemon=True)
+            writer.start()
+            with pytest.raises(subprocess.TimeoutExpired):
+                pub.wait(3)  # held back: it cannot have handed everything over
+        finally:
+            for w in workers:
+                os.kill(w, signal.SIGCONT)
+        got = [json.loads(ws.recv()) for _ in range(1, n)]
+        assert [m.get("data") for m in got] == [f"{i} {pad.decode()}" for i in range(1, n)], \
+            [m for m in got if "data" not in m][:3]
+        assert pub.wait(30 * UNIT) == 0, pub.stderr.read()
+        writer.join(10 * UNIT)
+    finally:
+        if pub.poll() is None:
+            pub.kill()
+        ws.close()

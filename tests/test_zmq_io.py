@@ -101,3 +101,25 @@ def test_input_drains_in_batches_and_follows_subscriptions() -> None:
     flat = [m for b in batches for m in b]
     assert [m[1] for m in flat] == [b"%d" % i for i in range(2500)]
     assert max(len(b) for b in batches) <= 1000
+
+
+def test_ipv6_endpoints_bind_and_connect() -> None:
+    """libzmq is IPv4-only unless told: a bracketed address must work, not fail with ENODEV."""
+    import socket
+
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    try:
+        attach(pull, ["tcp://[::1]:*"], bind=True)
+        endpoint = pull.getsockopt_string(zmq.LAST_ENDPOINT)
+        attach(push, [endpoint], bind=False)
+        push.send(b"over IPv6")
+        assert pull.poll(10_000 * UNIT) and pull.recv() == b"over IPv6"
+    finally:
+        pull.close(0)
+        push.close(0)
+        ctx.term()

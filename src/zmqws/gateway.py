@@ -295,7 +295,8 @@ async def _serve(settings: GatewaySettings,
     except BaseException:
         gateway.close_zmq()
         raise
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # A worker takes SIGTERM from its supervisor only (workers.py): SIGINT stays ignored there.
+    for sig in (signal.SIGTERM,) if worker is not None else (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     if worker is None:  # the supervisor of workers prints its own line
         scheme = "https" if settings.tls else "http"

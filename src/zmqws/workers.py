@@ -65,7 +65,15 @@ class SharedCounters:
 
 
 def _worker(settings: GatewaySettings, index: int, array: Any, level: int) -> None:
-    """A worker process: a whole gateway on the shared port (spawned, so set up logging anew)."""
+    """A worker process: a whole gateway on the shared port (spawned, so set up logging anew).
+
+    It ends with its supervisor (SIGTERM from the kernel if the supervisor dies, even by
+    SIGKILL, or orphans would keep the port), and takes SIGTERM from the supervisor only: a
+    Ctrl-C reaches the whole process group, and a SIGINT here followed by the supervisor's
+    SIGTERM would count as a second signal and skip closing the clients.
+    """
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s %(name)s[{index}]: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
     from .gateway import run_one
@@ -78,6 +86,21 @@ def _worker(settings: GatewaySettings, index: int, array: Any, level: int) -> No
     except KeyboardInterrupt:
         code = 0
     raise SystemExit(code)
+
+
+def _die_with_parent() -> None:
+    """prctl(PR_SET_PDEATHSIG, SIGTERM) on Linux; elsewhere nothing (no portable equivalent)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
@@ -120,6 +143,10 @@ def run_workers(settings: GatewaySettings) -> int:
         for sock in (front, back):
             sock.setsockopt(zmq.LINGER, 0)
         front.setsockopt(zmq.RCVHWM, settings.rcvhwm)
+        # Towards the workers: queue as much as one gateway's SUB would, then push back on the
+        # producers (as one process does) instead of dropping for a worker that lags.
+        back.setsockopt(zmq.SNDHWM, settings.rcvhwm)
+        back.setsockopt(zmq.XPUB_NODROP, 1)
         apply_curve(front, settings.curve)
         inner = f"ipc://{tmp}/input.sock"
         try:

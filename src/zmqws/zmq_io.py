@@ -229,6 +229,8 @@ def attach(sock: zmq.Socket, endpoints: Iterable[str], *, bind: bool) -> None:  
         check_endpoint(ep)
         if is_multicast(ep):
             apply_multicast(sock, ep)
+        elif ep.startswith("tcp://["):
+            sock.setsockopt(zmq.IPV6, 1)  # libzmq is IPv4-only unless told (IPv4 still works)
         try:
             sock.bind(ep) if bind else sock.connect(ep)
         except zmq.ZMQError as exc:

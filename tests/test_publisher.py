@@ -423,3 +423,42 @@ def test_publish_metadata_frame_is_json(collector: Collector) -> None:
     meta = json.loads(collector.messages[0][2])
     assert meta["zmqws"] == 1 and meta["seq"] == 1 and isinstance(meta["ts"], float)
     assert meta["src"].rpartition(":")[2].isdigit()  # HOST:PID
+
+
+def test_publish_stops_at_once_on_ctrl_c_when_its_subscriber_went_away(ctx: zmq.Context) -> None:  # type: ignore[type-arg]
+    """Connecting side, subscriber gone: libzmq keeps its queue for a reconnect, so the send
+    blocks for ever. Ctrl-C must end it now (not after --linger 30), saying what was not sent."""
+    import signal
+
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 10)
+    sub.bind(ep)
+    sub.subscribe(b"t")
+    proc = subprocess.Popen([sys.executable, "-m", "zmqws", "publish", "--connect", ep, "t"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"first\n")
+        proc.stdin.flush()
+        assert sub.poll(30_000 * UNIT) and sub.recv_multipart()[1] == b"first"
+        sub.close(0)  # the subscriber goes away; its queue stays with the publisher
+        def feed() -> None:  # more than every queue and buffer on the way holds
+            try:
+                for _ in range(200_000):
+                    proc.stdin.write(b"z" * 1000 + b"\n")
+            except (BrokenPipeError, ValueError):  # publish has exited
+                pass
+
+        threading.Thread(target=feed, daemon=True).start()
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(2)  # blocked in a send
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10 * UNIT) == 130
+        assert time.monotonic() - started < 5 * UNIT  # not the 30 s linger
+        err = proc.stderr.read().decode()
+        assert "interrupted:" in err and "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -311,7 +311,8 @@ def run_publish(settings: PublishSettings) -> int:
 
     Returns:
         0 when every message was handed on (or dropped, and counted, because nobody wanted it);
-        1 when no subscriber wanted the topic within ``--wait`` seconds (one line on stderr).
+        1 when no subscriber wanted the topic within ``--wait`` seconds (one line on stderr);
+        130 when interrupted (SIGINT), without waiting for ``--linger``.
 
     Raises:
         ConfigError: a malformed endpoint.
@@ -321,6 +322,7 @@ def run_publish(settings: PublishSettings) -> int:
     # os.fsencode: command-line arguments that were not valid UTF-8 come back as the same bytes.
     topic = os.fsencode(settings.topic)
     sent = dropped = 0
+    interrupted = False
     with Publisher(
         settings.bind or settings.connect,
         bind=bool(settings.bind),
@@ -328,23 +330,33 @@ def run_publish(settings: PublishSettings) -> int:
         linger=settings.linger,
         curve=settings.curve,
     ) as pub:
-        if settings.wait > 0 and not pub.wait_for_subscriber(topic, settings.wait):
-            print(
-                f"zmqws publish: error: no subscriber wanted {settings.topic} "
-                f"within {settings.wait:g} s",
-                file=sys.stderr,
-            )
-            return 1
-        messages = [os.fsencode(settings.data)] if settings.data is not None else _stdin_lines()
-        for data in messages:
-            if not pub.wait_for_subscriber(topic, 0):
-                dropped += 1
-                continue
-            try:
-                pub.send(topic, data)
-                sent += 1
-            except NoSubscriberError:  # the last subscriber left between the check and the send
-                dropped += 1
+        try:
+            if settings.wait > 0 and not pub.wait_for_subscriber(topic, settings.wait):
+                print(
+                    f"zmqws publish: error: no subscriber wanted {settings.topic} "
+                    f"within {settings.wait:g} s",
+                    file=sys.stderr,
+                )
+                return 1
+            messages = [os.fsencode(settings.data)] if settings.data is not None else _stdin_lines()
+            for data in messages:
+                if not pub.wait_for_subscriber(topic, 0):
+                    dropped += 1
+                    continue
+                try:
+                    pub.send(topic, data)
+                    sent += 1
+                except NoSubscriberError:  # the last subscriber left between the check and the send
+                    dropped += 1
+        except KeyboardInterrupt:
+            # Ctrl-C means now: no --linger wait (a subscriber that went away while this side
+            # connects keeps a send blocked, as libzmq holds its queue for a reconnect).
+            interrupted = True
+            pub.close(linger=0)
+    if interrupted:
+        log.warning("interrupted: %d messages handed to ZeroMQ, any still queued discarded, "
+                    "the rest of the input not sent", sent)
+        return 130
     if dropped:
         log.warning(
             "%d of %d messages dropped: no subscriber wanted %s%s",

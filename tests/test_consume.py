@@ -610,3 +610,50 @@ def test_an_endpoint_in_use_is_a_startup_failure_in_one_line(tmp_path: Path) -> 
     assert r.stderr.decode().splitlines() == [
         f"zmqws consume: error: cannot bind tcp://127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_a_partial_last_line_left_by_an_earlier_run_is_ended_first(
+    consume: Callable[..., Consume], tmp_path: Path,
+) -> None:
+    """A run that died mid-line (a full disk) must not glue the next run's first line to it."""
+    (tmp_path / "out.jsonl").write_bytes(b'{"topic":"t","data":"whole"}\n{"topic":"t","da')
+    c = consume("--count", "1")
+    with Publisher(c.endpoint, subscriber_timeout=10 * UNIT, linger=10 * UNIT) as pub:
+        pub.send("t", "after")
+    assert c.wait(30 * UNIT) == 0
+    lines = c.output.read_bytes().split(b"\n")
+    assert lines[1] == b'{"topic":"t","da' and json.loads(lines[2])["data"] == "after"
+
+
+def test_a_fifo_whose_reader_leaves_ends_consume_quietly_with_0(tmp_path: Path) -> None:
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "zmqws", "consume", "--bind", "tcp://127.0.0.1:*",
+                             "--output", str(fifo)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        reader = open(fifo, "rb")  # consume opens the FIFO for writing once a reader exists
+        err = b""
+        while b"bound tcp://" not in err:
+            err += proc.stderr.readline()
+        endpoint = re.search(rb"bound (tcp://\S+)", err).group(1).decode()
+        with Publisher(endpoint, subscriber_timeout=10 * UNIT, linger=0) as pub:
+            pub.send("t", "one")
+            assert json.loads(reader.readline())["data"] == "one"
+            reader.close()  # the reader goes away
+
+            def more() -> None:  # until consume notices (a send may block once it is gone)
+                try:
+                    for _ in range(20_000):
+                        pub.send("t", "x" * 100)
+                except RuntimeError:  # the publisher closed under a blocked send
+                    pass
+
+            threading.Thread(target=more, daemon=True).start()
+            assert proc.wait(30 * UNIT) == 0
+        rest = proc.stderr.read().decode()
+        assert "output closed by its reader" in rest and "Traceback" not in rest, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

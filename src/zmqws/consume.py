@@ -39,6 +39,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -298,7 +299,15 @@ def _open_output(path: str | None) -> BinaryIO:
     if path is None:
         return sys.stdout.buffer
     try:
-        return open(path, "ab", buffering=_OUTPUT_BUFFER)
+        out = open(path, "ab", buffering=_OUTPUT_BUFFER)
+        # A run that died mid-line (a full disk) left a partial last line: end it, so that the
+        # first line of this run is a line of its own (the partial one stays unreadable JSON).
+        if stat.S_ISREG(os.fstat(out.fileno()).st_mode) and out.tell() > 0:
+            with open(path, "rb") as check:
+                check.seek(-1, os.SEEK_END)
+                if check.read(1) != b"\n":
+                    out.write(b"\n")
+        return out
     except OSError as exc:
         raise StartupError(f"--output: cannot open {path}: {exc.strerror}") from None
 
@@ -367,6 +376,8 @@ def run(settings: ConsumeSettings) -> int:
         if out is not sys.stdout.buffer:
             try:
                 out.close()
+            except BrokenPipeError:  # a FIFO whose reader went away: as with stdout, not an error
+                pass
             except OSError:
                 code = 1
         # Only now: a second signal while the flush above was stuck still ends the process.

@@ -69,6 +69,8 @@ def test_tail_template_and_missing_file(tmp_path) -> None:
         TailSettings(paths=("a",), connect=("tcp://h:1",), topic="{nope}")
     with pytest.raises(ConfigError, match="no such file"):
         TailSettings(paths=(str(tmp_path / "missing"),), connect=("tcp://h:1",), once=True)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        TailSettings(paths=(str(tmp_path),), connect=("tcp://h:1",), once=True)
     # following a file that does not exist yet is allowed: it is waited for
     TailSettings(paths=(str(tmp_path / "later"),), connect=("tcp://h:1",))
 

@@ -101,3 +101,16 @@ def test_demo_refuses_a_port_in_use_before_starting_anything() -> None:
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "address already in use" in lines[0], r.stderr
+
+
+def test_demo_refuses_a_zmq_port_in_use_in_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(zmqws_cmd("demo", "--listen", f"127.0.0.1:{free_port()}",
+                                     "--zmq-port", str(port)),
+                           capture_output=True, text=True, timeout=60 * UNIT)
+    assert r.returncode == 3 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--zmq-port" in lines[0] and "in use" in lines[0], r.stderr

@@ -47,6 +47,8 @@ def test_two_workers_share_the_port_and_200_clients_get_everything(gateway_facto
 
             await loop.run_in_executor(None, lambda: wait_until(spread, 20, "both workers"))
             assert all(count > 0 for count in seen.values()), seen
+            upstream = health()["upstream"]  # the endpoint the user gave, not the inner link
+            assert upstream["bind"] == [gw.zmq_endpoint] and upstream["connect"] == []
             ctx = zmq.Context()
             pub = ctx.socket(zmq.XPUB)
             pub.setsockopt(zmq.SNDHWM, 0)
@@ -155,6 +157,9 @@ def _alive(pid: int) -> bool:
 
 def test_workers_end_with_a_supervisor_killed_by_sigkill(gateway_factory) -> None:
     """Orphaned workers would keep the port: the next gateway could not start."""
+    import glob
+
+    before = set(glob.glob("/tmp/zmqws-workers-*"))
     gw: GatewayProc = gateway_factory("--workers", "2")
     workers = wait_until(lambda: len(w := _workers_of(gw.proc.pid)) == 2 and w, 20, "two workers")
     gw.proc.send_signal(signal.SIGKILL)
@@ -162,6 +167,7 @@ def test_workers_end_with_a_supervisor_killed_by_sigkill(gateway_factory) -> Non
     wait_until(lambda: not any(_alive(w) for w in workers), 20, "the workers to end")
     again = gateway_factory("--workers", "2", port=gw.port)  # the port is free again
     assert again.health()["status"] == "ok"
+    assert set(glob.glob("/tmp/zmqws-workers-*")) <= before  # nothing left behind (abstract ipc)
 
 
 def test_workers_behind_a_bound_input_push_back_instead_of_dropping(gateway_factory) -> None:

@@ -132,6 +132,10 @@ class GatewaySettings:
     curve_secret_key: str | None = None
     curve_authorized: str | None = None
     workers: int = 1
+    # Set by the supervisor of --workers for its workers (not flags): the --bind endpoints it
+    # holds for them and the inner endpoint they connect to, so /health shows the real ones.
+    supervisor_bind: tuple[str, ...] = ()
+    supervisor_link: str = ""
     host: str = field(init=False, default="")
     port: int = field(init=False, default=0)
     tokens: tuple[str, ...] = field(init=False, default=())
@@ -268,7 +272,8 @@ class TailSettings:
         if self.once:
             missing = [p for p in self.paths if not os.path.isfile(p)]
             if missing:
-                raise ConfigError(f"no such file: {missing[0]}")
+                what = "not a regular file" if os.path.exists(missing[0]) else "no such file"
+                raise ConfigError(f"{what}: {missing[0]}")
 
 
 @dataclass(frozen=True, slots=True)

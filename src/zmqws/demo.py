@@ -123,6 +123,13 @@ def run(settings: DemoSettings) -> int:
     zmq_port = settings.zmq_port or _free_port()
     endpoint = f"tcp://127.0.0.1:{zmq_port}"
     _check_listen(settings.listen, host, port)
+    if settings.zmq_port:
+        with socket.socket() as probe:  # as libzmq binds it: one line here, not three later
+            try:
+                probe.bind(("127.0.0.1", zmq_port))
+            except OSError as exc:
+                raise StartupError(f"--zmq-port: cannot bind {endpoint}: "
+                                   f"{os.strerror(exc.errno) if exc.errno else exc}") from None
     workdir = Path(tempfile.mkdtemp(prefix="zmqws-demo-"))
     stop = threading.Event()
     procs: list[subprocess.Popen[bytes]] = []

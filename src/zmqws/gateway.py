@@ -130,8 +130,9 @@ class Gateway:
             "unrouted": st.unrouted,
             "published": self.published,
             "upstream": {
-                "bind": list(self.settings.bind),
-                "connect": list(self.settings.connect),
+                # A worker shows the endpoints its supervisor binds for it, not the inner link.
+                "bind": list(self.settings.bind or self.settings.supervisor_bind),
+                "connect": [e for e in self.settings.connect if e != self.settings.supervisor_link],
                 "subscriptions": sorted(p.decode("utf-8", "replace")
                                         for p in self.hub.index.prefixes()),
             },
@@ -183,7 +184,8 @@ class Gateway:
             try:
                 ssl_context.load_cert_chain(s.certfile, s.keyfile)  # type: ignore[arg-type]
             except (ssl.SSLError, OSError) as exc:
-                raise StartupError(f"cannot load --certfile/--keyfile: {exc}") from None
+                raise StartupError(f"cannot load --certfile/--keyfile (PEM files: the certificate "
+                                   f"chain and its private key): {exc}") from None
         try:
             self.server = await loop.create_server(
                 lambda: Connection(self), s.host, s.port, backlog=1024, reuse_address=True,

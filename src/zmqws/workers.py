@@ -23,6 +23,8 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -135,7 +137,9 @@ def run_workers(settings: GatewaySettings) -> int:
     ctx: zmq.Context[Any] | None = None
     auth: Any = None  # zmq.auth's ThreadAuthenticator, with CURVE
     forwarder: threading.Thread | None = None
-    tmp = tempfile.mkdtemp(prefix="zmqws-workers-")
+    # The link to the workers: a Linux abstract socket leaves no file behind, even when the
+    # supervisor is killed; elsewhere a socket file in a temporary folder.
+    tmp = None if sys.platform.startswith("linux") else tempfile.mkdtemp(prefix="zmqws-workers-")
     worker_settings = dataclasses.replace(settings, listen=f"{settings.host}:{port}")
     if settings.bind:
         ctx = zmq.Context()
@@ -148,7 +152,8 @@ def run_workers(settings: GatewaySettings) -> int:
         back.setsockopt(zmq.SNDHWM, settings.rcvhwm)
         back.setsockopt(zmq.XPUB_NODROP, 1)
         apply_curve(front, settings.curve)
-        inner = f"ipc://{tmp}/input.sock"
+        inner = (f"ipc://{tmp}/input.sock" if tmp else
+                 f"ipc://@zmqws-workers-{os.getpid()}-{secrets.token_hex(8)}")
         try:
             attach(front, settings.bind, bind=True)
             attach(back, [inner], bind=True)
@@ -169,6 +174,7 @@ def run_workers(settings: GatewaySettings) -> int:
         forwarder.start()
         worker_settings = dataclasses.replace(
             worker_settings, bind=(), connect=(*settings.connect, inner),
+            supervisor_bind=settings.bind, supervisor_link=inner,
             curve_secret_key=None, curve_authorized=None)
     counters = SharedCounters(n)
     mp = multiprocessing.get_context("spawn")
@@ -221,12 +227,8 @@ def run_workers(settings: GatewaySettings) -> int:
             ctx.term()  # ends the forwarder's proxy; it closes its sockets
             if forwarder is not None:
                 forwarder.join(5)
-        try:
-            for name in os.listdir(tmp):
-                os.unlink(os.path.join(tmp, name))
-            os.rmdir(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _forward(front: zmq.Socket[Any], back: zmq.Socket[Any]) -> None:

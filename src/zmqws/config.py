@@ -24,6 +24,7 @@ __all__ = [
     "DemoSettings",
     "ProxySettings",
     "parse_listen",
+    "url_host",
     "producer_curve",
     "SLOW_CLIENT_POLICIES",
 ]
@@ -75,6 +76,11 @@ def parse_listen(value: str, flag: str = "--listen") -> tuple[str, int]:
             f"{flag}: {value!r} is not HOST:PORT (e.g. 127.0.0.1:8080, 0.0.0.0:8080, [::1]:8080)"
         )
     return host, int(port)
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL: an IPv6 address in brackets (the inverse of parse_listen's)."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _positive(flag: str, value: float, *, zero_ok: bool = False) -> None:

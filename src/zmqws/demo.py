@@ -20,11 +20,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .config import DemoSettings, parse_listen
+from .config import DemoSettings, parse_listen, url_host
 from .exceptions import StartupError
 
 __all__ = ["run", "NODES", "Replayer"]
@@ -89,17 +90,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _check_listen(listen: str, host: str, port: int) -> None:
-    """Refuse a port in use before starting anything, so the URL printed is the demo's own."""
-    from .gateway import listen_error
-
+def _check_free(host: str, port: int, error: Callable[[OSError], str]) -> None:
+    """Refuse a port in use before starting anything: one line, and no URL of someone else's
+    server. SO_REUSEADDR as the gateway's server and libzmq set it, so TIME_WAIT is no refusal."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the gateway's server does
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise StartupError(listen_error(listen, exc)) from None
+            raise StartupError(error(exc)) from None
 
 
 def _wait_listening(gateway: subprocess.Popen[bytes], host: str, port: int, stop: threading.Event) -> None:
@@ -122,14 +122,12 @@ def run(settings: DemoSettings) -> int:
     host, port = parse_listen(settings.listen)
     zmq_port = settings.zmq_port or _free_port()
     endpoint = f"tcp://127.0.0.1:{zmq_port}"
-    _check_listen(settings.listen, host, port)
+    from .gateway import listen_error
+
+    _check_free(host, port, lambda exc: listen_error(settings.listen, exc))
     if settings.zmq_port:
-        with socket.socket() as probe:  # as libzmq binds it: one line here, not three later
-            try:
-                probe.bind(("127.0.0.1", zmq_port))
-            except OSError as exc:
-                raise StartupError(f"--zmq-port: cannot bind {endpoint}: "
-                                   f"{os.strerror(exc.errno) if exc.errno else exc}") from None
+        _check_free("127.0.0.1", zmq_port, lambda exc: f"--zmq-port: cannot bind {endpoint}: "
+                    f"{os.strerror(exc.errno) if exc.errno else exc}")
     workdir = Path(tempfile.mkdtemp(prefix="zmqws-demo-"))
     stop = threading.Event()
     procs: list[subprocess.Popen[bytes]] = []
@@ -153,10 +151,9 @@ def run(settings: DemoSettings) -> int:
             replayers.append(Replayer(sample_lines(node.sample), path, settings.rate, stop))
         for r in replayers:
             r.start()
-        url_host = f"[{host}]" if ":" in host else host
         print(f"zmqws demo: {len(NODES)} nodes ({', '.join(n.host for n in NODES)}) "
               f"publishing to {endpoint}", flush=True)
-        print(f"zmqws demo: open http://{url_host}:{port}/ (Ctrl-C stops everything)", flush=True)
+        print(f"zmqws demo: open http://{url_host(host)}:{port}/ (Ctrl-C stops everything)", flush=True)
         deadline = time.monotonic() + settings.duration if settings.duration else None
         # Wake twice a second to notice a child that died; the stop event ends the wait at once.
         while not stop.wait(timeout=0.5):

@@ -27,7 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from .access import Authenticator
 from .commands import Limits
-from .config import GatewaySettings
+from .config import GatewaySettings, url_host
 from .exceptions import CommandError, StartupError
 from .http import StaticFiles
 from .hub import Hub
@@ -302,7 +302,7 @@ async def _serve(settings: GatewaySettings,
         loop.add_signal_handler(sig, on_signal)
     if worker is None:  # the supervisor of workers prints its own line
         scheme = "https" if settings.tls else "http"
-        print(f"zmqws gateway: live page at {scheme}://{_url_host(gateway.address[0])}:"
+        print(f"zmqws gateway: live page at {scheme}://{url_host(gateway.address[0])}:"
               f"{gateway.address[1]}/", flush=True)
     await gateway.wait_stopped()
     log.info("shutting down")
@@ -316,10 +316,6 @@ def listen_error(listen: str, exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
         reason = "address already in use (another gateway running?)"
     return f"cannot listen on {listen}: {reason}"
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def run(settings: GatewaySettings) -> int:

@@ -43,6 +43,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import chain
 
 from .envelope import Message, control_frame, decode, json_frame, ws_frame
 from .exceptions import MalformedMessage
@@ -303,28 +304,19 @@ class Hub:
                 if not groups:
                     stats.unrouted += 1
                     continue
+                raw = js = notice = None
                 if len(data) > max_out:
-                    # Not forwarded, but not a silent loss either: its clients get a gap for it
-                    # (after the one its sequence number revealed, if any).
+                    # Not forwarded, but not a silent loss either: its clients get a gap in its
+                    # place (after the one its sequence number revealed, if any).
                     stats.oversize += 1
                     info: dict[str, object] = {"op": "gap", "missed": 1, "reason": "oversize"}
                     if msg is not None and msg.source is not None:
                         info["source"] = msg.source
                     notice = control_frame(info)
-                    for g in groups:
-                        if not g.parts:
-                            touched.append(g)
-                        if gap is not None:
-                            g.parts.append(gap)
-                            g.missed += missed
-                            g.gaps += 1
-                        g.parts.append(notice)
-                        g.missed += 1
-                        g.gaps += 1
-                    continue
-                raw = js = None
                 for g in groups:
-                    if g.fmt == "raw":
+                    if notice is not None:
+                        part = notice
+                    elif g.fmt == "raw":
                         if raw is None:
                             n = len(data)
                             raw = short[n] + data if n < 126 else ws_frame(data)
@@ -340,6 +332,9 @@ class Hub:
                         g.missed += missed
                         g.gaps += 1
                     g.parts.append(part)
+                    if notice is not None:
+                        g.missed += 1
+                        g.gaps += 1
             except Exception as exc:  # a producer found an input we did not foresee
                 stats.malformed += 1
                 self._unreadable(exc)
@@ -350,9 +345,7 @@ class Hub:
                 not held or self._clock() - self._held_since < self.hold_seconds):
             keep: list[Group] = []
             write: list[Group] = []
-            for g in held:
-                (write if len(g.parts) >= HOLD_PARTS else keep).append(g)
-            for g in touched:
+            for g in chain(held, touched):
                 (write if len(g.parts) >= HOLD_PARTS else keep).append(g)
             if keep and not held:
                 self._held_since = self._clock()

@@ -43,7 +43,7 @@ from typing import Any
 
 import zmq
 
-from .config import ProxySettings
+from .config import ProxySettings, url_host
 from .exceptions import StartupError
 from .zmq_io import attach
 
@@ -280,8 +280,7 @@ def run(settings: ProxySettings) -> int:
         status_url = ""
         if server is not None:
             host, port = server.server_address[:2]
-            shown = f"[{host}]" if ":" in str(host) else host
-            status_url = f", status at http://{shown}:{port}/status"
+            status_url = f", status at http://{url_host(str(host))}:{port}/status"
             server_thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="zmqws status",
                                              daemon=True)
             server_thread.start()

@@ -361,9 +361,9 @@ class LineSplitter:
             self.cut += not self._cutting
             self._cutting = True
             while len(held) - held.endswith(b"\r") > self.max_line:
-                n = _utf8_cut(self._held, self.max_line)
-                out.append(bytes(self._held[:n]))
-                del self._held[:n]
+                n = _utf8_cut(held, self.max_line)
+                out.append(bytes(held[:n]))
+                del held[:n]
         return out
 
     def _pieces(self, line: bytes) -> Iterator[bytes]:

@@ -34,7 +34,7 @@ from typing import Any
 
 import zmq
 
-from .config import GatewaySettings
+from .config import GatewaySettings, url_host
 from .exceptions import ConfigError, StartupError
 from .zmq_io import apply_curve, attach
 
@@ -193,8 +193,8 @@ def run_workers(settings: GatewaySettings) -> int:
         for i in range(n):
             start(i)
         scheme = "https" if settings.tls else "http"
-        host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        print(f"zmqws gateway: {n} workers, live page at {scheme}://{host}:{port}/", flush=True)
+        print(f"zmqws gateway: {n} workers, live page at {scheme}://{url_host(settings.host)}:{port}/",
+              flush=True)
         reserved.close()  # the workers hold the port now
         while not stopping.is_set():
             # Wake when a worker exits, or twice a second to notice a signal.

@@ -216,3 +216,19 @@ def test_workers_behind_a_bound_input_push_back_instead_of_dropping(gateway_fact
         if pub.poll() is None:
             pub.kill()
         ws.close()
+
+
+def test_a_bad_certificate_with_workers_is_one_line_before_any_worker(tmp_path) -> None:
+    import subprocess
+
+    from conftest import free_port, zmqws_cmd
+
+    bad = tmp_path / "not.pem"
+    bad.write_text("not a certificate\n")
+    r = subprocess.run(zmqws_cmd("gateway", "--bind", f"tcp://127.0.0.1:{free_port()}", "--listen",
+                                 f"127.0.0.1:{free_port()}", "--workers", "2",
+                                 "--certfile", str(bad), "--keyfile", str(bad)),
+                       capture_output=True, text=True, timeout=60 * UNIT)
+    assert r.returncode == 3 and r.stdout == ""  # no "live page at" line for a gateway that never ran
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot load --certfile/--keyfile" in lines[0], r.stderr

@@ -34,7 +34,7 @@ from .hub import Hub
 from .websocket import Connection, keepalive_tick, shutdown_close
 from .zmq_io import SubscriberInput, attach
 
-__all__ = ["Gateway", "run", "run_one", "new_event_loop", "listen_error"]
+__all__ = ["Gateway", "run", "run_one", "new_event_loop", "listen_error", "tls_context"]
 
 if TYPE_CHECKING:
     from .workers import SharedCounters
@@ -178,14 +178,7 @@ class Gateway:
                 pub.close(linger=0)
                 raise
             self.pub = pub
-        ssl_context = None
-        if s.tls:
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            try:
-                ssl_context.load_cert_chain(s.certfile, s.keyfile)  # type: ignore[arg-type]
-            except (ssl.SSLError, OSError) as exc:
-                raise StartupError(f"cannot load --certfile/--keyfile (PEM files: the certificate "
-                                   f"chain and its private key): {exc}") from None
+        ssl_context = tls_context(s)
         try:
             self.server = await loop.create_server(
                 lambda: Connection(self), s.host, s.port, backlog=1024, reuse_address=True,
@@ -308,6 +301,24 @@ async def _serve(settings: GatewaySettings,
     log.info("shutting down")
     await gateway.shutdown(force)
     return 0
+
+
+def tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
+    """The server's TLS context for --certfile/--keyfile, or None without TLS.
+
+    Raises:
+        StartupError: the files cannot be loaded (the supervisor of --workers checks this once,
+            before starting any worker).
+    """
+    if not settings.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.certfile, settings.keyfile)  # type: ignore[arg-type]
+    except (ssl.SSLError, OSError) as exc:
+        raise StartupError(f"cannot load --certfile/--keyfile (PEM files: the certificate "
+                           f"chain and its private key): {exc}") from None
+    return context
 
 
 def listen_error(listen: str, exc: OSError) -> str:

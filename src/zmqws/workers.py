@@ -132,6 +132,9 @@ def _reserve_port(host: str, port: int) -> socket.socket:
 def run_workers(settings: GatewaySettings) -> int:
     """Supervise ``settings.workers`` gateway processes until SIGINT or SIGTERM."""
     n = settings.workers
+    from .gateway import tls_context
+
+    tls_context(settings)  # a bad certificate: one line here, not one per worker
     reserved = _reserve_port(settings.host, settings.port)
     port = reserved.getsockname()[1]
     ctx: zmq.Context[Any] | None = None
